@@ -1,0 +1,57 @@
+"""port_sessions: what the port adds to the seed
+
+- users.is_active (deactivation) and users.created_at (NULL for adopted rows);
+- case-insensitive uniqueness of username and email, enforced by the database;
+- auth_sessions: server-side sessions, found by the SHA-256 of the cookie's secret.
+
+Revision ID: port_sessions
+Revises: seed
+Create Date: 2026-11-22
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "port_sessions"
+down_revision: str | Sequence[str] | None = "seed"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("users") as batch:
+        batch.add_column(sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()))
+        batch.add_column(sa.Column("created_at", sa.DateTime(), nullable=True))
+    # Fails (and changes nothing) if an adopted database holds two accounts
+    # differing only in case: those must be merged by hand first.
+    op.create_index("uq_users_username_lower", "users", [sa.text("lower(username)")], unique=True)
+    op.create_index("uq_users_email_lower", "users", [sa.text("lower(email)")], unique=True)
+
+    op.create_table(
+        "auth_sessions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("remember", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(), nullable=False),
+        sa.Column("ip", sa.String(length=45), nullable=True),
+        sa.Column("user_agent", sa.String(length=256), nullable=True),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("token_hash"),
+    )
+    op.create_index("ix_auth_sessions_user_id", "auth_sessions", ["user_id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_auth_sessions_user_id", table_name="auth_sessions")
+    op.drop_table("auth_sessions")
+    op.drop_index("uq_users_email_lower", table_name="users")
+    op.drop_index("uq_users_username_lower", table_name="users")
+    with op.batch_alter_table("users") as batch:
+        batch.drop_column("created_at")
+        batch.drop_column("is_active")

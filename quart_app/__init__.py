@@ -1,0 +1,87 @@
+"""The async Quart port of the Flask-Login application: ``create_app`` builds everything."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from quart import Quart, Response, request
+
+from . import auth
+from .api.views import bp as api_bp
+from .core import csrf
+from .core.config import INSTANCE_PATH, Settings, load_settings
+from .core.security import PasswordHasher
+from .db import Database
+from .errors import register_error_handlers
+from .pages.views import bp as pages_bp
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Quart:
+    """Build the app from ``QUART_APP_*`` settings, with ``config`` (unprefixed names) on top."""
+    settings = load_settings(config)
+    app = Quart(__name__, instance_path=str(INSTANCE_PATH))
+    app.config.update(
+        SECRET_KEY=settings.SECRET_KEY,
+        MAX_CONTENT_LENGTH=settings.MAX_CONTENT_LENGTH,
+        TESTING=settings.ENV == "testing",
+        # Quart's own session cookie carries the CSRF token and flash messages.
+        SESSION_COOKIE_NAME="quart_app_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.COOKIE_SECURE,
+    )
+    app.extensions["quart_app.settings"] = settings
+    if settings.is_production and not settings.COOKIE_SECURE:
+        log.warning("QUART_APP_COOKIE_SECURE is off: serve over HTTPS and turn it on in production")
+
+    Database(app, settings)
+    _init_hasher(app, settings)
+    csrf.init_app(app)
+    auth.init_app(app, settings)
+    register_error_handlers(app)
+    app.register_blueprint(pages_bp)
+    app.register_blueprint(api_bp)
+    app.after_request(_security_headers)
+    return app
+
+
+def _init_hasher(app: Quart, settings: Settings) -> None:
+    hasher = PasswordHasher(
+        time_cost=settings.ARGON2_TIME_COST,
+        memory_cost=settings.ARGON2_MEMORY_COST,
+        parallelism=settings.ARGON2_PARALLELISM,
+        workers=settings.HASH_WORKERS,
+    )
+    app.extensions["quart_app.hasher"] = hasher
+
+    @app.before_serving
+    async def _start_hasher() -> None:
+        hasher.start()
+
+    @app.after_serving
+    async def _stop_hasher() -> None:
+        hasher.shutdown()
+
+
+async def _security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    if request.endpoint != "static":
+        # Pages and API answers depend on who is logged in: never from a
+        # cache, so the back button after logout shows no account data.
+        headers.setdefault("Cache-Control", "no-store")
+    return response

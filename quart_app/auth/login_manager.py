@@ -1,0 +1,219 @@
+"""Flask-Login's API made async, on top of Quart-Auth's signed cookie.
+
+The user is resolved once per request (and per websocket), before the view,
+by awaiting the registered ``user_loader``; after that ``current_user`` is a
+plain proxy that views and templates read without ``await``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlencode
+
+from quart import (
+    Quart,
+    current_app,
+    g,
+    has_request_context,
+    has_websocket_context,
+    redirect,
+    request,
+    session,
+    url_for,
+)
+from quart import flash as _flash
+from quart_auth import Action, AuthUser, QuartAuth
+from werkzeug.local import LocalProxy
+
+from ..core.config import Settings
+from ..errors import HTTPError
+from . import sessions
+
+P = ParamSpec("P")
+T = TypeVar("T")
+UserLoader = Callable[[str], Awaitable[Any]]
+
+_EXTENSION = "quart_app.login_manager"
+
+
+class AnonymousUser:
+    """The user of a request without a valid session: every attribute is safe to read."""
+
+    is_authenticated = False
+    is_active = False
+    is_anonymous = True
+    id = None
+    username = ""
+    email = ""
+
+    def get_id(self) -> None:
+        return None
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<AnonymousUser>"
+
+
+ANONYMOUS = AnonymousUser()
+
+
+class _CookieAuth(QuartAuth):
+    """Quart-Auth, minus its template global: templates get our resolved ``current_user``."""
+
+    def _template_context(self) -> dict[str, Any]:
+        return {"current_user": current_user._get_current_object()}
+
+
+class LoginManager:
+    """Flask-Login's LoginManager: ``init_app``, ``user_loader``, ``login_view``, ``login_message``."""
+
+    def __init__(self) -> None:
+        self._user_loader: UserLoader | None = None
+        self.login_view = "pages.login"
+        self.login_message = "Please log in first."
+        self._cookie: _CookieAuth | None = None
+        self._settings: Settings | None = None
+
+    def init_app(self, app: Quart, settings: Settings) -> None:
+        self._settings = settings
+        self.login_view = settings.LOGIN_VIEW
+        self.login_message = settings.LOGIN_MESSAGE
+        self._cookie = _CookieAuth(
+            app,
+            cookie_name="quart_app_auth",
+            cookie_secure=settings.COOKIE_SECURE,
+            cookie_samesite="Lax",
+            cookie_http_only=True,
+            # The signature's max age; the server-side row decides the real
+            # lifetime of each session.
+            duration=settings.REMEMBER_COOKIE_DURATION,
+            salt="quart_app.auth",
+        )
+        app.extensions[_EXTENSION] = self
+        app.before_request(self._load_request_user)
+        app.before_websocket(self._load_websocket_user)
+
+    def user_loader(self, loader: UserLoader) -> UserLoader:
+        """Register ``async def loader(session_token) -> user | None`` (decorator)."""
+        self._user_loader = loader
+        return loader
+
+    # -- per-request resolution ---------------------------------------------
+
+    def session_token(self) -> str | None:
+        """The (signature-checked) session secret carried by this request's cookie, if any."""
+        assert self._cookie is not None
+        return self._cookie.load_user().auth_id
+
+    async def _resolve(self) -> Any:
+        token = self.session_token()
+        if token is None:
+            return ANONYMOUS
+        if self._user_loader is None:
+            raise RuntimeError("no user_loader registered on the LoginManager")
+        user = await self._user_loader(token)
+        if user is None:
+            if has_request_context():
+                # Revoked, expired or deactivated: ask the browser to drop it.
+                assert self._cookie is not None
+                self._cookie.logout_user()
+            return ANONYMOUS
+        return user
+
+    async def _load_request_user(self) -> None:
+        if request.endpoint == "static":
+            return
+        g._login_user = await self._resolve()
+
+    async def _load_websocket_user(self) -> None:
+        g._login_user = await self._resolve()
+
+    # -- login_required's answer -------------------------------------------
+
+    async def unauthorized(self):
+        """What ``login_required`` gives an anonymous client: 401 JSON, or the login page."""
+        if wants_json():
+            raise HTTPError(401, "Authentication required.")
+        await _flash(self.login_message, "info")
+        return self._redirect_to_login()
+
+    def _redirect_to_login(self):
+        target = request.path
+        if request.query_string:
+            target += "?" + request.query_string.decode("latin-1")
+        return redirect(url_for(self.login_view) + "?" + urlencode({"next": target}))
+
+
+def _manager() -> LoginManager:
+    return current_app.extensions[_EXTENSION]
+
+
+def _get_user() -> Any:
+    if has_request_context() or has_websocket_context():
+        return g.get("_login_user", ANONYMOUS)
+    return ANONYMOUS
+
+
+current_user: Any = LocalProxy(_get_user)
+
+
+def wants_json() -> bool:
+    """True for API calls and for clients that prefer JSON over HTML (Flask-Login's AJAX case)."""
+    if request.blueprint == "api":
+        return True
+    if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
+        return True
+    accept = request.accept_mimetypes
+    return accept.best_match(["text/html", "application/json"]) == "application/json" and (
+        accept["application/json"] > accept["text/html"]
+    )
+
+
+def login_required(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Let the view run only for a logged-in user; others get 401 JSON or the login page."""
+
+    @wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        if not current_user.is_authenticated:
+            return await _manager().unauthorized()  # type: ignore[return-value]
+        return await current_app.ensure_async(func)(*args, **kwargs)
+
+    return wrapper
+
+
+async def login_user(user: Any, remember: bool = False) -> None:
+    """Start a server-side session for ``user`` and set its cookie on this response."""
+    manager = _manager()
+    assert manager._cookie is not None and manager._settings is not None
+    # Logging in again (or as someone else) replaces this browser's session.
+    if (previous := manager.session_token()) is not None:
+        await sessions.revoke(previous)
+    token = await sessions.start(
+        user,
+        remember=remember,
+        ip=request.remote_addr,
+        user_agent=request.headers.get("User-Agent"),
+        settings=manager._settings,
+    )
+    action = Action.WRITE_PERMANENT if remember else Action.WRITE
+    manager._cookie.login_user(AuthUser(token, action))
+    g._login_user = user
+    # A new identity gets a new CSRF token (no token fixation across logins).
+    session.pop("_csrf", None)
+
+
+async def logout_user() -> None:
+    """End this request's session on the server (the cookie is dead from now on) and clear it."""
+    manager = _manager()
+    assert manager._cookie is not None
+    token = manager.session_token()
+    if token is not None:
+        await sessions.revoke(token)
+    manager._cookie.logout_user()
+    g._login_user = ANONYMOUS
+    session.pop("_csrf", None)
+

@@ -1,0 +1,151 @@
+"""Settings: read once from ``QUART_APP_*`` environment variables, validated at start."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+PREFIX = "QUART_APP_"
+ENVIRONMENTS = ("production", "development", "testing")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+INSTANCE_PATH = PROJECT_ROOT / "instance"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the app refuses to start."""
+
+
+def default_database_url() -> str:
+    return f"sqlite+aiosqlite:///{INSTANCE_PATH / 'quart_app.sqlite3'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting with its default; the environment name is ``QUART_APP_`` + field name."""
+
+    ENV: str = "production"
+    SECRET_KEY: str = ""
+    DATABASE_URL: str = ""
+    COOKIE_SECURE: bool = False
+    # Flask-Login's REMEMBER_COOKIE_DURATION: lifetime of a remember-me session.
+    REMEMBER_COOKIE_DURATION: int = 30 * 24 * 3600
+    # A plain (non-remember) login dies after this much inactivity...
+    SESSION_IDLE_TIMEOUT: int = 2 * 3600
+    # ...and in any case this long after it was created.
+    SESSION_ABSOLUTE_TIMEOUT: int = 24 * 3600
+    # last_seen_at is written at most this often per session, to keep the
+    # protected hot path free of writes.
+    SESSION_TOUCH_INTERVAL: int = 60
+    MAX_CONTENT_LENGTH: int = 64 * 1024
+    # argon2id; defaults are OWASP's minimum (m=19 MiB, t=2, p=1).
+    ARGON2_TIME_COST: int = 2
+    ARGON2_MEMORY_COST: int = 19 * 1024
+    ARGON2_PARALLELISM: int = 1
+    # Threads that hash and verify passwords, off the event loop.
+    HASH_WORKERS: int = os.cpu_count() or 1
+    LOGIN_VIEW: str = "pages.login"
+    LOGIN_MESSAGE: str = "Please log in first."
+    DB_POOL_SIZE: int = 5
+    DB_POOL_TIMEOUT: float = 10.0
+    SQLITE_BUSY_TIMEOUT_MS: int = 10_000
+
+    @property
+    def is_production(self) -> bool:
+        return self.ENV == "production"
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{PREFIX}{name} must be on/off (got {raw!r})")
+    if kind in (int, float):
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{PREFIX}{name} must be a number (got {raw!r})") from None
+        if value <= 0:
+            raise ConfigError(f"{PREFIX}{name} must be positive (got {raw!r})")
+        return value
+    return str(raw)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build settings from the environment, then ``overrides`` (unprefixed names)."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    types = {f.name: f.type for f in fields(Settings)}
+    kinds = {"str": str, "bool": bool, "int": int, "float": float}
+    unknown = set(overrides) - set(types)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+
+    values: dict[str, Any] = {}
+    for name, type_name in types.items():
+        if name in overrides:
+            raw = overrides[name]
+        elif PREFIX + name in environ:
+            raw = environ[PREFIX + name]
+        else:
+            continue
+        values[name] = _coerce(name, raw, kinds[type_name])
+
+    settings = Settings(**values)
+    if settings.ENV not in ENVIRONMENTS:
+        raise ConfigError(f"{PREFIX}ENV must be one of {', '.join(ENVIRONMENTS)} (got {settings.ENV!r})")
+    if not settings.DATABASE_URL:
+        settings = replace(settings, DATABASE_URL=database_url(environ))
+    if not settings.SECRET_KEY:
+        if settings.is_production:
+            raise ConfigError(
+                f"{PREFIX}SECRET_KEY is not set. Production needs a long random secret, e.g.\n"
+                f"  export {PREFIX}SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')\n"
+                f"(or set {PREFIX}ENV=development for a local key kept under instance/)."
+            )
+        key = secrets.token_urlsafe(48) if settings.ENV == "testing" else _development_key()
+        settings = replace(settings, SECRET_KEY=key)
+    elif settings.is_production and len(settings.SECRET_KEY) < 32:
+        raise ConfigError(f"{PREFIX}SECRET_KEY is too short for production (need 32+ characters)")
+    if settings.SESSION_IDLE_TIMEOUT > settings.SESSION_ABSOLUTE_TIMEOUT:
+        raise ConfigError(
+            f"{PREFIX}SESSION_IDLE_TIMEOUT must not exceed {PREFIX}SESSION_ABSOLUTE_TIMEOUT"
+        )
+    if settings.ARGON2_MEMORY_COST < 8 * settings.ARGON2_PARALLELISM:
+        raise ConfigError(f"{PREFIX}ARGON2_MEMORY_COST must be at least 8 KiB per lane")
+    return settings
+
+
+def database_url(environ: Mapping[str, str] | None = None) -> str:
+    """The database URL the app and Alembic share."""
+    environ = os.environ if environ is None else environ
+    return environ.get(PREFIX + "DATABASE_URL") or default_database_url()
+
+
+def _development_key() -> str:
+    """A random key kept in instance/, shared by every worker and restart on this machine."""
+    path = INSTANCE_PATH / "dev_secret_key"
+    INSTANCE_PATH.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_name(f".dev_secret_key.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        try:
+            # link() is atomic and refuses to overwrite: two workers starting
+            # together end up with the same key.
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()

@@ -1,0 +1,83 @@
+"""The one error format: ``{"error": message, "fields"?: {...}}`` for JSON, a page for browsers."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart, render_template, request
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+# Messages for the statuses the framework raises by itself.
+MESSAGES = {
+    400: "The request could not be understood.",
+    401: "Authentication required.",
+    403: "Forbidden.",
+    404: "Not found.",
+    405: "Method not allowed.",
+    413: "Request body too large.",
+    415: "Unsupported content type: send application/json.",
+    429: "Too many requests.",
+    503: "Service temporarily unavailable; try again shortly.",
+}
+
+
+class HTTPError(Exception):
+    """An error with a status and a message meant for the user."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        fields: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.fields = fields
+        self.headers = headers or {}
+
+
+def _wants_json() -> bool:
+    # Imported here: the auth layer imports this module.
+    from .auth.login_manager import wants_json
+
+    return wants_json()
+
+
+async def error_response(error: HTTPError):
+    if _wants_json():
+        body: dict[str, object] = {"error": error.message}
+        if error.fields:
+            body["fields"] = error.fields
+        return body, error.status, error.headers
+    html = await render_template("error.html", status=error.status, message=error.message)
+    return html, error.status, error.headers
+
+
+def register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(HTTPError)
+    async def _http_error(error: HTTPError):
+        return await error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def _framework_error(error: HTTPException):
+        if error.code is None or error.code < 400:
+            return error
+        message = MESSAGES.get(error.code, error.name)
+        headers = {}
+        if error.code == 405 and getattr(error, "valid_methods", None):
+            headers["Allow"] = ", ".join(error.valid_methods)
+        return await error_response(HTTPError(error.code, message, headers=headers))
+
+    @app.errorhandler(OperationalError)
+    async def _database_unavailable(error: OperationalError):
+        # A locked SQLite file past its busy timeout, or a lost server
+        # connection: the client may retry; nothing was acknowledged.
+        log.warning("database unavailable: %s", type(error.orig).__name__ if error.orig else error)
+        return await error_response(HTTPError(503, MESSAGES[503], headers={"Retry-After": "1"}))
+

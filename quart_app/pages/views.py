@@ -1,0 +1,107 @@
+"""The browser pages: thin views over the auth service, rendered with Jinja."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from quart import Blueprint, flash, redirect, render_template, request, url_for
+
+from ..auth import current_user, login_required, logout_user
+from ..auth import service
+from ..auth.validation import ValidationError
+from ..core.csrf import UNSAFE_METHODS, require_csrf_token
+from ..errors import HTTPError
+
+bp = Blueprint("pages", __name__)
+
+
+@bp.before_request
+async def _protect_forms() -> None:
+    if request.method not in UNSAFE_METHODS:
+        return
+    # An anonymous logout changes nothing, so it needs no token (it just
+    # lands on the login page); every other form POST does.
+    if request.endpoint == "pages.logout" and not current_user.is_authenticated:
+        return
+    await require_csrf_token()
+
+
+def safe_next(target: str | None) -> str:
+    """``target`` if it is a path on this site, else ``/`` (no open redirects)."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    if "\\" in target or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in target):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return target
+
+
+@bp.get("/")
+async def index():
+    """Home: links to log in or register, or the username and a log-out button."""
+    return await render_template("index.html")
+
+
+@bp.route("/register", methods=["GET", "POST"])
+async def register():
+    """Create an account and log it in; errors show the form again with what was typed."""
+    if current_user.is_authenticated:
+        return redirect(url_for("pages.index"))
+    if request.method == "GET":
+        return await render_template("register.html", values={}, errors={})
+    form = await request.form
+    values = {"username": form.get("username", ""), "email": form.get("email", "")}
+    try:
+        user = await service.register(form)
+    except ValidationError as exc:
+        return await render_template("register.html", values=values, errors=exc.fields, message=exc.message), 400
+    except HTTPError as exc:
+        return await render_template("register.html", values=values, errors={}, message=exc.message), exc.status
+    await flash(f"Registration successful, welcome {user.username}!", "success")
+    return redirect(url_for("pages.index"))
+
+
+@bp.route("/login", methods=["GET", "POST"])
+async def login():
+    """Log in by username or email; success goes to a same-site ``next``, else home."""
+    if current_user.is_authenticated:
+        return redirect(url_for("pages.index"))
+    next_page = request.args.get("next")
+    if request.method == "GET":
+        return await render_template("login.html", values={}, errors={}, next=next_page)
+    form = await request.form
+    values = {"username": form.get("username", ""), "remember": bool(form.get("remember"))}
+    try:
+        user = await service.authenticate(form)
+    except ValidationError as exc:
+        return (
+            await render_template("login.html", values=values, errors=exc.fields, message=exc.message, next=next_page),
+            400,
+        )
+    except HTTPError as exc:
+        return (
+            await render_template("login.html", values=values, errors={}, message=exc.message, next=next_page),
+            exc.status,
+            exc.headers,
+        )
+    await flash(f"Welcome back, {user.username}!", "success")
+    return redirect(safe_next(next_page))
+
+
+@bp.post("/logout")
+async def logout():
+    """End the session on the server and clear the cookie (POST only, CSRF-checked)."""
+    if not current_user.is_authenticated:
+        return redirect(url_for("pages.login"))
+    await logout_user()
+    await flash("Logged out successfully.", "info")
+    return redirect(url_for("pages.index"))
+
+
+@bp.get("/dashboard")
+@login_required
+async def dashboard():
+    """The protected page: greets the logged-in user."""
+    return await render_template("dashboard.html")
