@@ -105,3 +105,10 @@ def auth_cookie(client) -> str | None:
         if cookie.name == "quart_app_auth":
             return cookie.value
     return None
+
+
+def client_with_cookie(app, value: str):
+    """A fresh client (another browser, or an attacker) that sends ``value`` as the auth cookie."""
+    client = app.test_client()
+    client.set_cookie("localhost", "quart_app_auth", value)
+    return client

@@ -7,8 +7,7 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..auth import current_user, login_required, logout_user
-from ..auth import service
+from ..auth import current_user, login_required, logout_user, service
 from ..errors import HTTPError
 
 bp = Blueprint("api", __name__, url_prefix="/api")

@@ -110,16 +110,16 @@ class LoginManager:
         return self._cookie.load_user().auth_id
 
     async def _resolve(self) -> Any:
+        assert self._cookie is not None
         token = self.session_token()
-        if token is None:
-            return ANONYMOUS
-        if self._user_loader is None:
-            raise RuntimeError("no user_loader registered on the LoginManager")
-        user = await self._user_loader(token)
+        user = None
+        if token is not None:
+            if self._user_loader is None:
+                raise RuntimeError("no user_loader registered on the LoginManager")
+            user = await self._user_loader(token)
         if user is None:
-            if has_request_context():
-                # Revoked, expired or deactivated: ask the browser to drop it.
-                assert self._cookie is not None
+            if has_request_context() and self._cookie.cookie_name in request.cookies:
+                # Tampered, revoked, expired or deactivated: ask the browser to drop it.
                 self._cookie.logout_user()
             return ANONYMOUS
         return user
@@ -163,7 +163,8 @@ current_user: Any = LocalProxy(_get_user)
 
 def wants_json() -> bool:
     """True for API calls and for clients that prefer JSON over HTML (Flask-Login's AJAX case)."""
-    if request.blueprint == "api":
+    # The path, not the blueprint: a 404 or 405 under /api/ has no blueprint.
+    if request.path == "/api" or request.path.startswith("/api/"):
         return True
     if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
         return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
@@ -15,7 +15,7 @@ from ..models import AuthSession, User
 def utcnow() -> datetime:
     # Naive UTC throughout: SQLite keeps no time zone, and comparisons in SQL
     # must see the same representation on both sides.
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _expiry(settings: Settings, *, remember: bool, created_at: datetime, now: datetime) -> datetime:

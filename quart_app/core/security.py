@@ -73,7 +73,10 @@ class PasswordHasher:
         return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
 
     async def hash(self, password: str) -> str:
-        return await self._run(self._argon2.hash, password)
+        return await self._run(self._hash_sync, password)
+
+    def _hash_sync(self, password: str) -> str:
+        return self._argon2.hash(password)
 
     async def verify(self, stored_hash: str | None, password: str) -> Verdict:
         """Check ``password`` against ``stored_hash``; ``None`` means "no such user"."""

@@ -6,8 +6,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, flash, redirect, render_template, request, url_for
 
-from ..auth import current_user, login_required, logout_user
-from ..auth import service
+from ..auth import current_user, login_required, logout_user, service
 from ..auth.validation import ValidationError
 from ..core.csrf import UNSAFE_METHODS, require_csrf_token
 from ..errors import HTTPError

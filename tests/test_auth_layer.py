@@ -1,0 +1,310 @@
+"""The auth layer: the loader, current_user, server-side sessions and password hashing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import datetime, timedelta
+
+from conftest import auth_cookie, client_with_cookie, register_api
+from quart import render_template_string
+
+from quart_app.auth import ANONYMOUS, current_user
+from quart_app.auth.sessions import utcnow
+from quart_app.core.security import token_digest
+
+PASSWORD = "correct horse battery"
+
+
+def db_rows(db_path, sql: str, *params) -> list[tuple]:
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def db_write(db_path, sql: str, *params) -> None:
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(sql, params)
+
+
+def session_token_of(app, cookie_value: str) -> str:
+    """The session secret inside a signed auth cookie."""
+    extension = app.extensions["QUART_AUTH"][0]
+    return extension.load_token(cookie_value, app=app)
+
+
+# -- the loader and current_user ---------------------------------------------
+
+
+async def test_loader_is_awaited_once_per_request(app, client):
+    """However often views and templates read current_user, the loader runs once per request."""
+    await register_api(client, "alice")
+    manager = app.extensions["quart_app.login_manager"]
+    calls = []
+    original = manager._user_loader
+
+    async def counting_loader(token):
+        calls.append(token)
+        return await original(token)
+
+    manager.user_loader(counting_loader)
+    response = await client.get("/dashboard")  # base + dashboard templates read it 5+ times
+    assert response.status_code == 200
+    assert len(calls) == 1
+
+
+async def test_anonymous_current_user_has_safe_attributes(app):
+    """Anonymous: a real object whose id, username and flags read without error."""
+    async with app.test_request_context("/"):
+        await app.preprocess_request()
+        assert current_user.is_authenticated is False
+        assert current_user.is_anonymous is True
+        assert current_user.is_active is False
+        assert current_user.id is None
+        assert current_user.get_id() is None
+        assert current_user.username == ""
+        assert current_user._get_current_object() is ANONYMOUS
+        rendered = await render_template_string("{{ current_user.id }}|{{ current_user.username }}")
+        assert rendered == "None|"
+
+
+async def test_current_user_is_the_loaded_user_in_views_and_templates(app, client):
+    """Logged in: current_user is the User row, read without await in templates."""
+    await register_api(client, "alice")
+    cookie = auth_cookie(client)
+    async with app.test_request_context("/", headers={"Cookie": f"quart_app_auth={cookie}"}):
+        await app.preprocess_request()
+        assert current_user.is_authenticated is True
+        assert current_user.username == "alice"
+        assert current_user.get_id() == "1"
+        assert await render_template_string("{{ current_user.username }}") == "alice"
+
+
+async def test_tampered_cookie_is_anonymous_and_cleared(app, client):
+    """A cookie whose signature does not verify is anonymous, and the browser is told to drop it."""
+    await register_api(client, "alice")
+    cookie = auth_cookie(client)
+    tampered = cookie[:-3] + ("AAA" if not cookie.endswith("AAA") else "BBB")
+    response = await client_with_cookie(app, tampered).get("/api/me")
+    assert response.status_code == 401
+    assert response.headers["Set-Cookie"].startswith("quart_app_auth=;")
+    assert (await client_with_cookie(app, cookie).get("/api/me")).status_code == 200
+
+
+async def test_cookie_signed_with_another_secret_is_anonymous(make_app, client, app):
+    """A cookie made by an app with another SECRET_KEY opens nothing."""
+    await register_api(client, "alice")
+    cookie = auth_cookie(client)
+    other = make_app(SECRET_KEY="another-secret-" + "x" * 40)
+    async with other.test_app():
+        assert (await client_with_cookie(other, cookie).get("/api/me")).status_code == 401
+
+
+async def test_unknown_session_cookie_is_cleared(app, client):
+    """A well-signed cookie for a session that no longer exists is anonymous and deleted."""
+    await register_api(client, "alice")
+    cookie = auth_cookie(client)
+    db_write(app_db(app), "DELETE FROM auth_sessions")
+    response = await client_with_cookie(app, cookie).get("/api/me")
+    assert response.status_code == 401
+    assert response.headers["Set-Cookie"].startswith("quart_app_auth=;")
+
+
+def app_db(app) -> str:
+    url = app.extensions["quart_app.settings"].DATABASE_URL
+    return url.split("///", 1)[1]
+
+
+# -- server-side sessions ----------------------------------------------------
+
+
+async def test_database_keeps_only_the_sha256_of_the_session_secret(app, client, db_path):
+    """The cookie's secret (256 bits) is not in the database; its SHA-256 is."""
+    await register_api(client, "alice")
+    token = session_token_of(app, auth_cookie(client))
+    assert len(token) >= 43  # 32 random bytes, url-safe base64
+    [(stored,)] = db_rows(db_path, "SELECT token_hash FROM auth_sessions")
+    assert stored == token_digest(token) != token
+    for path in (db_path, db_path.with_name(db_path.name + "-wal")):
+        if path.exists():
+            assert token.encode() not in path.read_bytes()
+
+
+async def test_each_login_gets_its_own_secret_and_row(app):
+    """Two logins make two sessions with different secrets."""
+    await register_api(app.test_client(), "alice")
+    tokens = []
+    for _ in range(2):
+        client = app.test_client()
+        await client.post("/api/login", json={"username": "alice", "password": PASSWORD})
+        tokens.append(session_token_of(app, auth_cookie(client)))
+    assert tokens[0] != tokens[1]
+    assert len(db_rows(app_db(app), "SELECT id FROM auth_sessions")) == 3  # + the registration's
+
+
+async def test_session_row_records_ip_user_agent_and_times(client, db_path):
+    """A session knows when it was created and last seen, from which IP and user agent."""
+    await client.post(
+        "/api/register",
+        json={"username": "alice", "email": "a@example.com", "password": PASSWORD},
+        headers={"User-Agent": "pytest-browser/1.0"},
+    )
+    [(ip, agent, created, seen, expires, remember)] = db_rows(
+        db_path, "SELECT ip, user_agent, created_at, last_seen_at, expires_at, remember FROM auth_sessions"
+    )
+    assert ip and agent == "pytest-browser/1.0"
+    assert created == seen < expires
+    assert remember == 0
+
+
+async def test_logging_in_again_replaces_this_browsers_session(app, client):
+    """A second login from the same browser revokes the session it replaces."""
+    await register_api(client, "alice")
+    first = auth_cookie(client)
+    await client.post("/api/login", json={"username": "alice", "password": PASSWORD})
+    assert (await client_with_cookie(app, first).get("/api/me")).status_code == 401
+    assert (await client.get("/api/me")).status_code == 200
+
+
+async def test_expired_session_is_refused(app, client, db_path):
+    """A session past its expiry opens nothing, even with a valid signed cookie."""
+    await register_api(client, "alice")
+    past = (utcnow() - timedelta(seconds=1)).isoformat(sep=" ")
+    db_write(db_path, "UPDATE auth_sessions SET expires_at = ?", past)
+    assert (await client.get("/api/me")).status_code == 401
+
+
+async def test_activity_slides_the_idle_expiry_but_not_past_the_absolute_limit(make_app, db_path):
+    """Plain sessions: a request after the touch interval moves last_seen and the idle expiry."""
+    app = make_app(SESSION_IDLE_TIMEOUT=600, SESSION_ABSOLUTE_TIMEOUT=900, SESSION_TOUCH_INTERVAL=60)
+    async with app.test_app():
+        client = app.test_client()
+        await register_api(client, "alice")
+        now = utcnow()
+        created = now - timedelta(seconds=800)
+        db_write(
+            db_path,
+            "UPDATE auth_sessions SET created_at = ?, last_seen_at = ?, expires_at = ?",
+            created.isoformat(sep=" "),
+            (now - timedelta(seconds=120)).isoformat(sep=" "),
+            (now + timedelta(seconds=30)).isoformat(sep=" "),
+        )
+        assert (await client.get("/api/me")).status_code == 200
+        [(seen, expires)] = db_rows(db_path, "SELECT last_seen_at, expires_at FROM auth_sessions")
+        assert datetime.fromisoformat(seen) >= now - timedelta(seconds=1)
+        # now + idle (600 s) would pass created + absolute (900 s): the absolute wins.
+        assert datetime.fromisoformat(expires) == created + timedelta(seconds=900)
+
+
+async def test_recent_activity_does_not_write(client, db_path):
+    """Within the touch interval a request does not write last_seen (no write on the hot path)."""
+    await register_api(client, "alice")
+    [(before,)] = db_rows(db_path, "SELECT last_seen_at FROM auth_sessions")
+    for _ in range(3):
+        assert (await client.get("/api/me")).status_code == 200
+    assert db_rows(db_path, "SELECT last_seen_at FROM auth_sessions") == [(before,)]
+
+
+async def test_deactivated_user_is_refused_and_cannot_log_in(app, client, db_path):
+    """is_active false: existing sessions refused at once, and login gives the generic 401."""
+    await register_api(client, "alice")
+    db_write(db_path, "UPDATE users SET is_active = 0")
+    assert (await client.get("/api/me")).status_code == 401
+    response = await app.test_client().post("/api/login", json={"username": "alice", "password": PASSWORD})
+    assert response.status_code == 401
+    assert await response.get_json() == {"error": "Incorrect username or password."}
+
+
+async def test_deleting_a_user_deletes_their_sessions(app, client, db_path):
+    """Sessions belong to their user (foreign key with cascade, enforced on SQLite too)."""
+    await register_api(client, "alice")
+    # Through the app's own engine, whose connections turn foreign keys on.
+    from sqlalchemy import text
+
+    from quart_app.db import get_db
+
+    async with app.app_context():
+        db = get_db()
+        await db.execute(text("DELETE FROM users"))
+        await db.commit()
+    assert db_rows(db_path, "SELECT count(*) FROM auth_sessions") == [(0,)]
+
+
+# -- passwords ---------------------------------------------------------------
+
+
+async def test_unknown_user_login_still_runs_a_verification(app):
+    """An unknown username costs a password verification like a wrong password does."""
+    hasher = app.extensions["quart_app.hasher"]
+    verified = []
+    original = hasher._verify_sync
+
+    def spy(stored_hash, password):
+        verified.append(stored_hash.split("$")[1])
+        return original(stored_hash, password)
+
+    hasher._verify_sync = spy
+    response = await app.test_client().post("/api/login", json={"username": "ghost", "password": "whatever1"})
+    assert response.status_code == 401
+    assert verified == ["argon2id"]
+
+
+async def test_hashing_runs_off_the_event_loop_thread(app):
+    """Hashes are computed on the hash pool's threads, never on the loop's."""
+    import threading
+
+    hasher = app.extensions["quart_app.hasher"]
+    threads = []
+    original = hasher._hash_sync
+
+    def spy(password):
+        threads.append(threading.current_thread().name)
+        return original(password)
+
+    hasher._hash_sync = spy
+    assert (await register_api(app.test_client(), "alice")).status_code == 201
+    assert threads and all(name.startswith("password-hash") for name in threads)
+    assert threading.current_thread().name not in threads
+
+
+async def test_hash_pool_runs_at_most_its_size_at_once(make_app):
+    """The pool bounds concurrent hashing to HASH_WORKERS, however many logins arrive."""
+    import threading
+    import time
+
+    app = make_app(HASH_WORKERS=2)
+    async with app.test_app():
+        hasher = app.extensions["quart_app.hasher"]
+        lock = threading.Lock()
+        running, peak = 0, 0
+        original = hasher._verify_sync
+
+        def slow(stored_hash, password):
+            nonlocal running, peak
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            time.sleep(0.05)
+            try:
+                return original(stored_hash, password)
+            finally:
+                with lock:
+                    running -= 1
+
+        hasher._verify_sync = slow
+        await asyncio.gather(
+            *(app.test_client().post("/api/login", json={"username": f"u{i}", "password": "x" * 9}) for i in range(8))
+        )
+        assert peak == 2
+
+
+async def test_outdated_argon2_parameters_are_upgraded_at_login(make_app, db_path):
+    """A hash made with weaker parameters is replaced by one with the current ones at login."""
+    weak = make_app(ARGON2_MEMORY_COST=512)
+    async with weak.test_app():
+        await register_api(weak.test_client(), "alice")
+    assert "m=512," in db_rows(db_path, "SELECT password_hash FROM users")[0][0]
+    app = make_app()
+    async with app.test_app():
+        response = await app.test_client().post("/api/login", json={"username": "alice", "password": PASSWORD})
+        assert response.status_code == 200
+    assert "m=1024," in db_rows(db_path, "SELECT password_hash FROM users")[0][0]
