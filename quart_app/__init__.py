@@ -10,6 +10,7 @@ from quart import Quart, Response, request
 
 from . import auth
 from .api.views import bp as api_bp
+from .auth.throttle import Throttle
 from .core import csrf
 from .core.config import INSTANCE_PATH, Settings, load_settings
 from .core.security import PasswordHasher
@@ -49,6 +50,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     _init_hasher(app, settings)
     csrf.init_app(app)
     auth.init_app(app, settings)
+    app.extensions["quart_app.throttle"] = Throttle(settings)
     register_error_handlers(app)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
@@ -62,6 +64,7 @@ def _init_hasher(app: Quart, settings: Settings) -> None:
         memory_cost=settings.ARGON2_MEMORY_COST,
         parallelism=settings.ARGON2_PARALLELISM,
         workers=settings.HASH_WORKERS,
+        max_pending=settings.HASH_QUEUE_LIMIT,
     )
     app.extensions["quart_app.hasher"] = hasher
 

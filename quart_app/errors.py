@@ -8,6 +8,8 @@ from quart import Quart, render_template
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from .core.security import HashQueueFull
+
 log = logging.getLogger(__name__)
 
 # Messages for the statuses the framework raises by itself.
@@ -73,6 +75,12 @@ def register_error_handlers(app: Quart) -> None:
         if error.code == 405 and getattr(error, "valid_methods", None):
             headers["Allow"] = ", ".join(error.valid_methods)
         return await error_response(HTTPError(error.code, message, headers=headers))
+
+    @app.errorhandler(HashQueueFull)
+    async def _hashing_overloaded(_error: HashQueueFull):
+        return await error_response(
+            HTTPError(503, "The server is busy checking passwords; try again shortly.", headers={"Retry-After": "1"})
+        )
 
     @app.errorhandler(OperationalError)
     async def _database_unavailable(error: OperationalError):

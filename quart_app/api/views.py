@@ -7,7 +7,7 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..auth import current_user, login_required, logout_user, service
+from ..auth import current_user, login_required, logout_user, service, sessions
 from ..errors import HTTPError
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -57,3 +57,37 @@ async def logout():
 async def me():
     """The logged-in user."""
     return current_user.public(), 200
+
+
+@bp.post("/password")
+@login_required
+async def change_password():
+    """Change the password: 204; every other session is revoked and this one re-issued."""
+    await service.change_password(current_user._get_current_object(), await json_body())
+    return Response(status=204)
+
+
+@bp.get("/sessions")
+@login_required
+async def list_sessions():
+    """This user's active sessions."""
+    rows = await sessions.list_for(current_user.id)
+    return [sessions.describe(row) for row in rows], 200
+
+
+@bp.delete("/sessions/<int:session_id>")
+@login_required
+async def revoke_session(session_id: int):
+    """Revoke one of this user's sessions: 204, or 404 if it is not theirs."""
+    if not await service.revoke_session(current_user._get_current_object(), session_id):
+        raise HTTPError(404, "No such session.")
+    return Response(status=204)
+
+
+@bp.post("/sessions/revoke-others")
+@login_required
+async def revoke_other_sessions():
+    """Revoke every other session of this user: 204."""
+    await json_body(optional=True)
+    await service.revoke_other_sessions(current_user._get_current_object())
+    return Response(status=204)

@@ -28,8 +28,10 @@ from quart_auth import Action, AuthUser, QuartAuth
 from werkzeug.local import LocalProxy
 
 from ..core.config import Settings
+from ..db import get_db
 from ..errors import HTTPError
 from . import sessions
+from .events import audit
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -75,6 +77,8 @@ class LoginManager:
         self._user_loader: UserLoader | None = None
         self.login_view = "pages.login"
         self.login_message = "Please log in first."
+        self.refresh_view = "pages.reauthenticate"
+        self.needs_refresh_message = "Please reauthenticate to access this page."
         self._cookie: _CookieAuth | None = None
         self._settings: Settings | None = None
 
@@ -82,6 +86,8 @@ class LoginManager:
         self._settings = settings
         self.login_view = settings.LOGIN_VIEW
         self.login_message = settings.LOGIN_MESSAGE
+        self.refresh_view = settings.REFRESH_VIEW
+        self.needs_refresh_message = settings.NEEDS_REFRESH_MESSAGE
         self._cookie = _CookieAuth(
             app,
             cookie_name="quart_app_auth",
@@ -134,18 +140,25 @@ class LoginManager:
 
     # -- login_required's answer -------------------------------------------
 
+    async def needs_refresh(self):
+        """What ``fresh_login_required`` gives a stale session: 401 JSON, or the re-auth page."""
+        if wants_json():
+            raise HTTPError(401, self.needs_refresh_message)
+        await _flash(self.needs_refresh_message, "info")
+        return self._redirect_to(self.refresh_view)
+
     async def unauthorized(self):
         """What ``login_required`` gives an anonymous client: 401 JSON, or the login page."""
         if wants_json():
             raise HTTPError(401, "Authentication required.")
         await _flash(self.login_message, "info")
-        return self._redirect_to_login()
+        return self._redirect_to(self.login_view)
 
-    def _redirect_to_login(self):
+    def _redirect_to(self, view: str):
         target = request.path
         if request.query_string:
             target += "?" + request.query_string.decode("latin-1")
-        return redirect(url_for(self.login_view) + "?" + urlencode({"next": target}))
+        return redirect(url_for(view) + "?" + urlencode({"next": target}))
 
 
 def _manager() -> LoginManager:
@@ -193,7 +206,8 @@ async def login_user(user: Any, remember: bool = False) -> None:
     # Logging in again (or as someone else) replaces this browser's session.
     if (previous := manager.session_token()) is not None:
         await sessions.revoke(previous)
-    token = await sessions.start(
+    audit("login", user, detail="remember" if remember else None)
+    token = await sessions.start(  # commits the revocation and the event with the new row
         user,
         remember=remember,
         ip=request.remote_addr,
@@ -214,7 +228,36 @@ async def logout_user() -> None:
     token = manager.session_token()
     if token is not None:
         await sessions.revoke(token)
+    if current_user.is_authenticated:
+        audit("logout", current_user._get_current_object())
+    await get_db().commit()
     manager._cookie.logout_user()
     g._login_user = ANONYMOUS
+    g._auth_session = None
     session.pop("_csrf", None)
 
+
+def is_fresh() -> bool:
+    """True when this request's session began (with a password) within FRESH_LOGIN_WINDOW."""
+    current = sessions.current_session()
+    settings = _manager()._settings
+    assert settings is not None
+    if current is None:
+        return False
+    age = (sessions.utcnow() - current.created_at).total_seconds()
+    return age <= settings.FRESH_LOGIN_WINDOW
+
+
+def fresh_login_required(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Like ``login_required``, and the password must have been entered recently (Flask-Login's name)."""
+
+    @wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        manager = _manager()
+        if not current_user.is_authenticated:
+            return await manager.unauthorized()  # type: ignore[return-value]
+        if not is_fresh():
+            return await manager.needs_refresh()  # type: ignore[return-value]
+        return await current_app.ensure_async(func)(*args, **kwargs)
+
+    return wrapper

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from quart import current_app, request
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -12,13 +13,17 @@ from ..core.security import get_hasher
 from ..db import get_db
 from ..errors import HTTPError
 from ..models import User
-from .login_manager import login_user
+from . import sessions
+from .events import audit
+from .login_manager import login_user, logout_user
 from .sessions import utcnow
-from .validation import validate_credentials, validate_registration
+from .throttle import Throttle, keys_for
+from .validation import validate_credentials, validate_password_change, validate_registration
 
 LOGIN_FAILED = "Incorrect username or password."
 USERNAME_TAKEN = "Username already taken."
 EMAIL_TAKEN = "Email already registered."
+WRONG_CURRENT_PASSWORD = "Current password is incorrect."
 
 
 async def _taken_message(username: str, email: str) -> str | None:
@@ -61,6 +66,7 @@ async def register(data: Mapping[str, Any]) -> User:
     except IntegrityError:
         await db.rollback()
         raise HTTPError(409, await _taken_message(form.username, form.email) or USERNAME_TAKEN) from None
+    audit("registered", user)
     await login_user(user, remember=False)
     return user
 
@@ -77,17 +83,37 @@ async def authenticate(data: Mapping[str, Any]) -> User:
             )
         )
     ).scalars().first()
+    throttle: Throttle = current_app.extensions["quart_app.throttle"]
+    keys = None
+    if throttle.enabled:
+        # Keyed by the account when it exists (username and email count
+        # together), else by what was typed: both behave the same outside.
+        keys = keys_for(f"user:{user.id}" if user else f"name:{ident.lower()}", request.remote_addr)
+        if (wait := await throttle.retry_after(keys)) is not None:
+            audit("throttled", user, detail=f"retry after {wait}s")
+            await db.commit()
+            raise HTTPError(
+                429,
+                f"Too many failed login attempts. Try again in {wait} seconds.",
+                headers={"Retry-After": str(wait)},
+            )
     # No transaction stays open while the (slow) hash runs.
     await db.commit()
 
-    hasher = get_hasher()
     # An unknown user is verified against a dummy hash: same status, same
     # message and about the same time as a wrong password.
-    verdict = await hasher.verify(user.password_hash if user is not None else None, creds.password)
+    verdict = await get_hasher().verify(user.password_hash if user is not None else None, creds.password)
     if user is None or not verdict.ok or not user.is_active:
+        reason = "unknown user" if user is None else "inactive" if verdict.ok else "wrong password"
+        audit("login_failed", user, detail=reason)
+        if keys is not None:
+            await throttle.failed(keys)
+        await db.commit()
         raise HTTPError(401, LOGIN_FAILED)
     if verdict.needs_rehash:
         await _upgrade_hash(user, creds.password)
+    if keys is not None:
+        await throttle.succeeded(keys)
     await login_user(user, remember=creds.remember)
     return user
 
@@ -103,3 +129,47 @@ async def _upgrade_hash(user: User, password: str) -> None:
     )
     await db.commit()
     user.password_hash = new_hash
+
+
+async def change_password(user: User, data: Mapping[str, Any]) -> None:
+    """Check the current password, store the new one, revoke every other session, re-issue this one."""
+    change = validate_password_change(data)
+    hasher = get_hasher()
+    verdict = await hasher.verify(user.password_hash, change.current_password)
+    if not verdict.ok:
+        audit("login_failed", user, detail="wrong current password on password change")
+        await get_db().commit()
+        raise HTTPError(
+            400, WRONG_CURRENT_PASSWORD, fields={"current_password": WRONG_CURRENT_PASSWORD}
+        )
+    new_hash = await hasher.hash(change.new_password)
+    current = sessions.current_session()
+    db = get_db()
+    await db.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
+    user.password_hash = new_hash
+    # Every session dies, this one included; login_user then gives this
+    # browser a new secret, so a cookie captured before the change is dead.
+    revoked = await sessions.revoke_all(user.id)
+    audit("password_changed", user, detail=f"{max(revoked - 1, 0)} other session(s) revoked")
+    await login_user(user, remember=current.remember if current else False)
+
+
+async def revoke_session(user: User, session_id: int) -> bool:
+    """Revoke one of the user's sessions by id; False (404) if it is not theirs."""
+    if not await sessions.revoke_id(user.id, session_id):
+        return False
+    audit("session_revoked", user, detail=f"session {session_id}")
+    await get_db().commit()
+    current = sessions.current_session()
+    if current is not None and current.id == session_id:
+        await logout_user()
+    return True
+
+
+async def revoke_other_sessions(user: User) -> int:
+    """Revoke every session of the user but this one; returns how many."""
+    current = sessions.current_session()
+    count = await sessions.revoke_all(user.id, except_id=current.id if current else None)
+    audit("session_revoked", user, detail=f"{count} other session(s)")
+    await get_db().commit()
+    return count

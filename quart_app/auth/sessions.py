@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from quart import g
 from sqlalchemy import delete, select, update
 
 from ..core.config import Settings
@@ -16,6 +18,20 @@ def utcnow() -> datetime:
     # Naive UTC throughout: SQLite keeps no time zone, and comparisons in SQL
     # must see the same representation on both sides.
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class CurrentSession:
+    """The server-side session behind this request (its row id is public; the secret is not)."""
+
+    id: int
+    created_at: datetime
+    remember: bool
+
+
+def current_session() -> CurrentSession | None:
+    """The session the loader resolved for this request, if any."""
+    return g.get("_auth_session")
 
 
 def _expiry(settings: Settings, *, remember: bool, created_at: datetime, now: datetime) -> datetime:
@@ -34,8 +50,7 @@ async def start(
     token = new_session_token()
     now = utcnow()
     db = get_db()
-    db.add(
-        AuthSession(
+    row = AuthSession(
             token_hash=token_digest(token),
             user_id=user.id,
             remember=remember,
@@ -44,9 +59,10 @@ async def start(
             expires_at=_expiry(settings, remember=remember, created_at=now, now=now),
             ip=(ip or "")[:45] or None,
             user_agent=(user_agent or "")[:256] or None,
-        )
     )
+    db.add(row)
     await db.commit()
+    g._auth_session = CurrentSession(row.id, row.created_at, row.remember)
     return token
 
 
@@ -69,6 +85,7 @@ async def resolve(token: str, settings: Settings) -> User | None:
         await db.commit()
         return None
     user, session_id, remember, created_at, last_seen_at = row
+    g._auth_session = CurrentSession(session_id, created_at, remember)
     if (now - last_seen_at).total_seconds() >= settings.SESSION_TOUCH_INTERVAL:
         # At most one write per session per interval: it records activity and
         # slides the idle expiry of a plain login forward.
@@ -87,7 +104,56 @@ async def resolve(token: str, settings: Settings) -> User | None:
 
 
 async def revoke(token: str) -> None:
-    """Delete the session this token opens: its cookie is refused from now on, by every worker."""
+    """Delete the session this token opens: its cookie is refused from now on, by every worker.
+
+    The caller commits (so the revocation lands with whatever goes with it).
+    """
+    await get_db().execute(delete(AuthSession).where(AuthSession.token_hash == token_digest(token)))
+
+
+async def list_for(user_id: int) -> list[AuthSession]:
+    """The user's unexpired sessions, newest activity first."""
     db = get_db()
-    await db.execute(delete(AuthSession).where(AuthSession.token_hash == token_digest(token)))
+    rows = (
+        await db.execute(
+            select(AuthSession)
+            .where(AuthSession.user_id == user_id, AuthSession.expires_at > utcnow())
+            .order_by(AuthSession.last_seen_at.desc(), AuthSession.id.desc())
+        )
+    ).scalars().all()
     await db.commit()
+    return list(rows)
+
+
+async def revoke_id(user_id: int, session_id: int) -> bool:
+    """Delete one of the user's sessions by its public id; False if it is not theirs. The caller commits."""
+    result = await get_db().execute(
+        delete(AuthSession).where(AuthSession.id == session_id, AuthSession.user_id == user_id)
+    )
+    return result.rowcount > 0
+
+
+async def revoke_all(user_id: int, *, except_id: int | None = None) -> int:
+    """Delete every session of the user (but ``except_id``); returns how many. The caller commits."""
+    statement = delete(AuthSession).where(AuthSession.user_id == user_id)
+    if except_id is not None:
+        statement = statement.where(AuthSession.id != except_id)
+    result = await get_db().execute(statement)
+    return result.rowcount
+
+
+def describe(row: AuthSession) -> dict[str, object]:
+    """A session as the account page and the API show it (the id is not the cookie's secret)."""
+    current = current_session()
+
+    def iso(moment: datetime) -> str:
+        return moment.replace(microsecond=0).isoformat() + "Z"
+
+    return {
+        "id": row.id,
+        "created_at": iso(row.created_at),
+        "last_seen_at": iso(row.last_seen_at),
+        "ip": row.ip,
+        "user_agent": row.user_agent,
+        "current": current is not None and current.id == row.id,
+    }

@@ -31,6 +31,12 @@ class Registration:
 
 
 @dataclass(frozen=True)
+class PasswordChange:
+    current_password: str
+    new_password: str
+
+
+@dataclass(frozen=True)
 class Credentials:
     identifier: str
     password: str
@@ -97,3 +103,14 @@ def validate_credentials(data: Mapping[str, Any]) -> Credentials:
     elif not isinstance(remember, bool):
         raise ValidationError({"remember": "Must be true or false."})
     return Credentials(identifier=identifier, password=password, remember=remember)
+
+
+def validate_password_change(data: Mapping[str, Any]) -> PasswordChange:
+    errors: dict[str, str] = {}
+    current = _text(data, "current_password", errors, strip=False)
+    new = _text(data, "new_password", errors, strip=False)
+    if "new_password" not in errors and (problem := _password_problem(new)):
+        errors["new_password"] = problem
+    if errors:
+        raise ValidationError(errors)
+    return PasswordChange(current_password=current, new_password=new)

@@ -47,6 +47,19 @@ class Settings:
     ARGON2_PARALLELISM: int = 1
     # Threads that hash and verify passwords, off the event loop.
     HASH_WORKERS: int = os.cpu_count() or 1
+    # At most this many hashes running or waiting per worker; more get 503.
+    HASH_QUEUE_LIMIT: int = 64
+    # Failed logins allowed per account (and per account from one client)
+    # before exponential back-off starts; "off" or "0" disables throttling.
+    LOGIN_RATE_LIMIT: str = "5/minute"
+    # The same for one client IP across all accounts.
+    LOGIN_IP_RATE_LIMIT: str = "20/minute"
+    # The longest lock-out, and how long failures are remembered.
+    LOGIN_BACKOFF_MAX: int = 15 * 60
+    # fresh_login_required: a session older than this must re-enter the password.
+    FRESH_LOGIN_WINDOW: int = 15 * 60
+    REFRESH_VIEW: str = "pages.reauthenticate"
+    NEEDS_REFRESH_MESSAGE: str = "Please reauthenticate to access this page."
     LOGIN_VIEW: str = "pages.login"
     LOGIN_MESSAGE: str = "Please log in first."
     DB_POOL_SIZE: int = 5

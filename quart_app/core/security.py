@@ -29,6 +29,10 @@ class Verdict:
     needs_rehash: bool = False
 
 
+class HashQueueFull(RuntimeError):
+    """More password hashes are waiting than the configured bound: answer 503 at once."""
+
+
 def _lower_thread_priority() -> None:
     # Hash threads yield the CPU to the event loop threads (Linux: per-thread nice).
     try:
@@ -44,11 +48,17 @@ class PasswordHasher:
     real parallelism; the pool size bounds how much CPU hashing can take.
     """
 
-    def __init__(self, *, time_cost: int, memory_cost: int, parallelism: int, workers: int) -> None:
+    def __init__(
+        self, *, time_cost: int, memory_cost: int, parallelism: int, workers: int, max_pending: int
+    ) -> None:
         self._argon2 = Argon2Hasher(
             time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID
         )
         self._workers = workers
+        # Admission control: beyond this many hashes in flight (running or
+        # queued) a new login gets 503 instead of waiting for minutes.
+        self._max_pending = max_pending
+        self._pending = 0
         self._pool: ThreadPoolExecutor | None = None
         # Verified against when the user does not exist, so that an unknown
         # username costs the same time as a wrong password.
@@ -70,7 +80,18 @@ class PasswordHasher:
     async def _run(self, func, *args):
         if self._pool is None:
             raise RuntimeError("PasswordHasher used before start() (is the app serving?)")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        if self._pending >= self._max_pending:
+            raise HashQueueFull()
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        finally:
+            self._pending -= 1
+
+    @property
+    def pending(self) -> int:
+        """Hashes running or queued in this worker."""
+        return self._pending
 
     async def hash(self, password: str) -> str:
         return await self._run(self._hash_sync, password)

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, flash, redirect, render_template, request, url_for
 
-from ..auth import current_user, login_required, logout_user, service
+from ..auth import current_user, login_required, logout_user, service, sessions
 from ..auth.validation import ValidationError
 from ..core.csrf import UNSAFE_METHODS, require_csrf_token
 from ..errors import HTTPError
@@ -104,3 +104,75 @@ async def logout():
 async def dashboard():
     """The protected page: greets the logged-in user."""
     return await render_template("dashboard.html")
+
+
+@bp.route("/reauthenticate", methods=["GET", "POST"])
+@login_required
+async def reauthenticate():
+    """Re-enter the password to make this session fresh (for ``fresh_login_required`` views)."""
+    next_page = request.args.get("next")
+    if request.method == "GET":
+        return await render_template("reauthenticate.html", errors={}, next=next_page)
+    form = await request.form
+    current = sessions.current_session()
+    try:
+        await service.authenticate(
+            {
+                "username": current_user.username,
+                "password": form.get("password", ""),
+                "remember": bool(current and current.remember),
+            }
+        )
+    except ValidationError as exc:
+        return await render_template("reauthenticate.html", errors=exc.fields, message=exc.message, next=next_page), 400
+    except HTTPError as exc:
+        page = await render_template("reauthenticate.html", errors={}, message=exc.message, next=next_page)
+        return page, exc.status, exc.headers
+    return redirect(safe_next(next_page))
+
+
+@bp.get("/account")
+@login_required
+async def account():
+    """The change-password form and this user's active sessions, each with a revoke button."""
+    rows = await sessions.list_for(current_user.id)
+    return await render_template("account.html", sessions=[sessions.describe(r) for r in rows], errors={})
+
+
+@bp.post("/account/password")
+@login_required
+async def change_password():
+    """Change the password; every other session is revoked, this one stays logged in."""
+    form = await request.form
+    try:
+        await service.change_password(current_user._get_current_object(), form)
+    except HTTPError as exc:
+        rows = await sessions.list_for(current_user.id)
+        page = await render_template(
+            "account.html",
+            sessions=[sessions.describe(r) for r in rows],
+            errors=exc.fields or {},
+            message=exc.message,
+        )
+        return page, exc.status, exc.headers
+    await flash("Password changed. Every other session has been logged out.", "success")
+    return redirect(url_for("pages.account"))
+
+
+@bp.post("/account/sessions/<int:session_id>/revoke")
+@login_required
+async def revoke_session(session_id: int):
+    """Log out one session of this user (this one included)."""
+    if not await service.revoke_session(current_user._get_current_object(), session_id):
+        raise HTTPError(404, "No such session.")
+    await flash("Session revoked.", "info")
+    return redirect(url_for("pages.account"))
+
+
+@bp.post("/account/sessions/revoke-others")
+@login_required
+async def revoke_other_sessions():
+    """Log out everywhere else."""
+    count = await service.revoke_other_sessions(current_user._get_current_object())
+    await flash(f"Logged out {count} other session(s).", "info")
+    return redirect(url_for("pages.account"))
