@@ -89,7 +89,8 @@ async def test_password_change_revokes_others_keeps_this_one_with_a_new_cookie(a
     assert (await other.get("/api/me")).status_code == 401
     assert rows(db_path, "SELECT count(*) FROM auth_sessions") == [(1,)]
     # The new password works, the old one does not.
-    assert (await app.test_client().post("/api/login", json={"username": "alice", "password": PASSWORD})).status_code == 401
+    old = await app.test_client().post("/api/login", json={"username": "alice", "password": PASSWORD})
+    assert old.status_code == 401
     await login_api(app, password=NEW_PASSWORD)
 
 
