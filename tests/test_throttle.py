@@ -1,0 +1,298 @@
+"""Brute-force throttling, hashing admission control, the audit trail and fresh logins."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from datetime import timedelta
+
+import pytest
+from conftest import FAST_HASHING, csrf_from, login_form, register_api, sqlite_url
+
+from quart_app import create_app
+from quart_app.auth import events, fresh_login_required
+from quart_app.auth.sessions import utcnow
+from quart_app.core.config import ConfigError
+
+PASSWORD = "correct horse battery"
+
+
+def rows(db_path, sql, *params):
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def db_write(db_path, sql, *params):
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(sql, params)
+
+
+async def attempt(app, username="alice", password="Tr0ub4dor&3-guess", ip: str | None = "10.0.0.1"):
+    """A JSON login from ``ip`` (None: the test client's default, which has no address)."""
+    scope = {"client": (ip, 40000)} if ip else None
+    return await app.test_client().post(
+        "/api/login", json={"username": username, "password": password}, scope_base=scope
+    )
+
+
+async def fail_times(app, n, **kwargs):
+    statuses = [(await attempt(app, **kwargs)).status_code for _ in range(n)]
+    return statuses
+
+
+def unlock_all(db_path):
+    """Let every current lock run out (as if its time had passed)."""
+    past = (utcnow() - timedelta(seconds=1)).isoformat(sep=" ")
+    db_write(db_path, "UPDATE login_throttle SET locked_until = ? WHERE locked_until IS NOT NULL", past)
+
+
+# -- throttling --------------------------------------------------------------
+
+
+async def test_after_the_limit_the_next_attempt_is_429_with_retry_after(app):
+    """Five failures, then even the right password from that client gets 429 and Retry-After."""
+    await register_api(app.test_client(), "alice")
+    assert await fail_times(app, 5) == [401] * 5
+    response = await attempt(app, password=PASSWORD)
+    assert response.status_code == 429
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert "Too many failed login attempts" in (await response.get_json())["error"]
+
+
+async def test_html_login_is_throttled_too(app):
+    """The login form gets 429 with Retry-After and the message on the page."""
+    await register_api(app.test_client(), "alice")
+    await fail_times(app, 5, ip=None)  # the same (address-less) client as login_form's
+
+    response = await login_form(app.test_client(), "alice", PASSWORD)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"]
+    assert "Too many failed login attempts" in await response.get_data(as_text=True)
+
+
+async def test_back_off_doubles_and_is_bounded(make_app, db_path):
+    """Each failure past the limit doubles the lock, up to LOGIN_BACKOFF_MAX."""
+    app = make_app(LOGIN_RATE_LIMIT="2/minute", LOGIN_BACKOFF_MAX=300)
+    async with app.test_app():
+        await register_api(app.test_client(), "alice")
+        waits = []
+        for _ in range(20):
+            response = await attempt(app)
+            if response.status_code == 429:
+                waits.append(int(response.headers["Retry-After"]))
+                unlock_all(db_path)
+            if len(waits) == 5:
+                break
+        # failures 2,3,4,5,6 lock for 60,120,240,300(capped),300 s
+        assert waits == [60, 120, 240, 300, 300]
+
+
+async def test_a_locked_account_still_lets_a_clean_client_log_in(app):
+    """An attacker cannot lock the owner out: a client that has not failed is judged on its own."""
+    await register_api(app.test_client(), "alice")
+    await fail_times(app, 8, ip="203.0.113.9")
+    assert (await attempt(app, password=PASSWORD, ip="203.0.113.9")).status_code == 429
+    owner = await attempt(app, password=PASSWORD, ip="198.51.100.7")
+    assert owner.status_code == 200
+
+
+async def test_a_clean_client_that_fails_on_a_locked_account_is_throttled_at_once(app):
+    """A new client's first wrong guess on a locked account makes its next attempt 429."""
+    await register_api(app.test_client(), "alice")
+    await fail_times(app, 5, ip="203.0.113.9")
+    assert (await attempt(app, ip="198.51.100.8")).status_code == 401
+    assert (await attempt(app, password=PASSWORD, ip="198.51.100.8")).status_code == 429
+
+
+async def test_one_ip_failing_across_many_accounts_is_throttled(make_app):
+    """Failures from one IP add up across accounts (LOGIN_IP_RATE_LIMIT)."""
+    app = make_app(LOGIN_IP_RATE_LIMIT="6/minute")
+    async with app.test_app():
+        for i in range(6):
+            assert (await attempt(app, username=f"user{i}", ip="192.0.2.50")).status_code == 401
+        assert (await attempt(app, username="someone-else", ip="192.0.2.50")).status_code == 429
+        assert (await attempt(app, username="someone-else", ip="192.0.2.51")).status_code == 401
+
+
+async def test_unknown_usernames_are_throttled_like_real_ones(app):
+    """A made-up username locks after the same number of failures (no existence oracle)."""
+    assert await fail_times(app, 5, username="ghost") == [401] * 5
+    assert (await attempt(app, username="ghost")).status_code == 429
+
+
+async def test_username_and_email_count_against_the_same_account(app):
+    """Alternating username and email does not double the attempts."""
+    await register_api(app.test_client(), "alice")
+    for i in range(5):
+        assert (await attempt(app, username="alice" if i % 2 else "ALICE@example.com")).status_code == 401
+    assert (await attempt(app, username="alice@example.com", password=PASSWORD)).status_code == 429
+
+
+async def test_a_correct_login_clears_the_accounts_failures(app):
+    """Four failures, a success, then four more failures are still under the limit."""
+    await register_api(app.test_client(), "alice")
+    assert await fail_times(app, 4) == [401] * 4
+    assert (await attempt(app, password=PASSWORD)).status_code == 200
+    assert await fail_times(app, 4) == [401] * 4
+
+
+async def test_throttled_attempts_cost_no_hash(app):
+    """A refused attempt is answered without verifying the password."""
+    await register_api(app.test_client(), "alice")
+    await fail_times(app, 5)
+    hasher = app.extensions["quart_app.hasher"]
+    calls = []
+    original = hasher._verify_sync
+    hasher._verify_sync = lambda *a: calls.append(1) or original(*a)
+    assert (await attempt(app)).status_code == 429
+    assert calls == []
+
+
+async def test_rate_limit_off_disables_throttling(make_app):
+    """QUART_APP_LOGIN_RATE_LIMIT=off: no 429 however many failures (for load tests)."""
+    app = make_app(LOGIN_RATE_LIMIT="off")
+    async with app.test_app():
+        await register_api(app.test_client(), "alice")
+        assert set(await fail_times(app, 25)) == {401}
+        assert (await attempt(app, password=PASSWORD)).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["5 per minute", "five/minute", "5/fortnight", "-1/minute"])
+def test_malformed_rate_limit_stops_the_start(value, tmp_path):
+    """A rate limit that does not parse is a clear error at start."""
+    with pytest.raises(ConfigError, match="QUART_APP_LOGIN_RATE_LIMIT"):
+        create_app({"ENV": "testing", "LOGIN_RATE_LIMIT": value, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x"})
+
+
+def test_throttle_keys_hold_no_typed_username(db_path):
+    """Counters are keyed by digests: the table never holds what was typed."""
+    from quart_app.auth.throttle import keys_for
+
+    keys = keys_for("name:secret-username", "10.1.2.3")
+    assert all("secret" not in k and "10.1.2.3" not in k for k in (keys.account, keys.client, keys.pair))
+
+
+# -- admission control -------------------------------------------------------
+
+
+async def test_full_hash_queue_answers_503_at_once_and_pages_keep_answering(make_app):
+    """Past HASH_QUEUE_LIMIT a login gets 503 + Retry-After immediately; /dashboard still answers."""
+    app = make_app(HASH_QUEUE_LIMIT=2, HASH_WORKERS=1, LOGIN_RATE_LIMIT="off")
+    async with app.test_app():
+        logged_in = app.test_client()
+        await register_api(logged_in, "alice")
+        hasher = app.extensions["quart_app.hasher"]
+        gate = threading.Event()
+        original = hasher._verify_sync
+
+        def blocked(stored, password):
+            gate.wait(10)
+            return original(stored, password)
+
+        hasher._verify_sync = blocked
+        try:
+            queued = [asyncio.create_task(attempt(app, password=PASSWORD)) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            assert hasher.pending == 2
+            refused = await attempt(app, password=PASSWORD)
+            assert refused.status_code == 503
+            assert refused.headers["Retry-After"] == "1"
+            assert "busy" in (await refused.get_json())["error"]
+            dashboard = await logged_in.get("/dashboard")
+            assert dashboard.status_code == 200
+        finally:
+            gate.set()
+        assert [r.status_code for r in await asyncio.gather(*queued)] == [200, 200]
+
+
+# -- audit trail and signals -------------------------------------------------
+
+
+async def test_audit_trail_records_each_kind_of_event(app, db_path):
+    """Login ok/failed, logout, password change, revocation and throttling land in auth_events."""
+    client = app.test_client()
+    await register_api(client, "alice")
+    await fail_times(app, 5, ip="10.9.9.9")
+    await attempt(app, ip="10.9.9.9")  # throttled
+    await client.post("/api/sessions/revoke-others")
+    await client.post("/api/password", json={"current_password": PASSWORD, "new_password": "another pass 1"})
+    await client.post("/api/logout")
+    kinds = [k for (k,) in rows(db_path, "SELECT event FROM auth_events ORDER BY id")]
+    for kind in ("registered", "login", "login_failed", "throttled", "session_revoked", "password_changed", "logout"):
+        assert kind in kinds, kind
+    ips = {ip for (ip,) in rows(db_path, "SELECT ip FROM auth_events WHERE event = 'login_failed'")}
+    assert ips == {"10.9.9.9"}
+    dump = "\n".join(str(r) for r in rows(db_path, "SELECT * FROM auth_events"))
+    assert PASSWORD not in dump and "another pass 1" not in dump and "argon2" not in dump
+
+
+async def test_signals_reach_subscribers_without_secrets(app):
+    """Flask-Login's signals fire with the user; no password or hash travels with them."""
+    received = []
+
+    def on_login(sender, user, **extra):
+        received.append(("in", user.username, extra))
+
+    def on_failed(sender, user, **extra):
+        received.append(("failed", getattr(user, "username", None), extra))
+
+    def on_logout(sender, user, **extra):
+        received.append(("out", user.username, extra))
+
+    events.user_logged_in.connect(on_login)
+    events.user_login_failed.connect(on_failed)
+    events.user_logged_out.connect(on_logout)
+    try:
+        client = app.test_client()
+        await register_api(client, "alice")
+        await attempt(app)
+        await client.post("/api/logout")
+    finally:
+        events.user_logged_in.disconnect(on_login)
+        events.user_login_failed.disconnect(on_failed)
+        events.user_logged_out.disconnect(on_logout)
+    assert [r[:2] for r in received] == [("in", "alice"), ("failed", "alice"), ("out", "alice")]
+    assert PASSWORD not in repr(received) and "Tr0ub4dor" not in repr(received)
+
+
+# -- fresh_login_required ----------------------------------------------------
+
+
+@pytest.fixture
+async def fresh_app(db_path):
+    app = create_app({"ENV": "testing", "DATABASE_URL": sqlite_url(db_path), **FAST_HASHING})
+
+    @app.get("/sensitive")
+    @fresh_login_required
+    async def sensitive():
+        return "sensitive ok"
+
+    async with app.test_app():
+        yield app
+
+
+async def test_fresh_login_required_passes_a_fresh_session(fresh_app):
+    """Right after login the sensitive view answers."""
+    client = fresh_app.test_client()
+    await register_api(client, "alice")
+    assert (await client.get("/sensitive")).status_code == 200
+
+
+async def test_stale_session_must_reenter_the_password(fresh_app, db_path):
+    """An old session is sent to /reauthenticate (JSON: 401); entering the password makes it fresh."""
+    client = fresh_app.test_client()
+    await register_api(client, "alice")
+    old = (utcnow() - timedelta(hours=2)).isoformat(sep=" ")
+    db_write(db_path, "UPDATE auth_sessions SET created_at = ?", old)
+    response = await client.get("/sensitive")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/reauthenticate?next=%2Fsensitive"
+    as_json = await client.get("/sensitive", headers={"Accept": "application/json"})
+    assert as_json.status_code == 401
+    token = await csrf_from(client, "/reauthenticate?next=%2Fsensitive")
+    wrong = await client.post("/reauthenticate?next=%2Fsensitive", form={"password": "nope nope", "csrf_token": token})
+    assert wrong.status_code == 401
+    done = await client.post("/reauthenticate?next=%2Fsensitive", form={"password": PASSWORD, "csrf_token": token})
+    assert done.status_code == 302 and done.headers["Location"] == "/sensitive"
+    assert (await client.get("/sensitive")).status_code == 200
