@@ -11,6 +11,7 @@ from quart import Quart, Response, request
 from . import auth
 from .api.views import bp as api_bp
 from .auth.throttle import Throttle
+from .cli import register_cli
 from .core import csrf
 from .core.config import INSTANCE_PATH, Settings, load_settings
 from .core.security import PasswordHasher
@@ -55,6 +56,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
     app.after_request(_security_headers)
+    register_cli(app)
     return app
 
 

@@ -26,6 +26,13 @@ EMAIL_TAKEN = "Email already registered."
 WRONG_CURRENT_PASSWORD = "Current password is incorrect."
 
 
+def _by_username_or_email(ident: str):
+    # Both sides lower()ed by the database, so the unique lower() indexes serve the lookup.
+    return select(User).where(
+        or_(func.lower(User.username) == func.lower(ident), func.lower(User.email) == func.lower(ident))
+    )
+
+
 async def _taken_message(username: str, email: str) -> str | None:
     db = get_db()
     taken = (
@@ -44,8 +51,8 @@ async def _taken_message(username: str, email: str) -> str | None:
     return USERNAME_TAKEN if any(taken) else EMAIL_TAKEN
 
 
-async def register(data: Mapping[str, Any]) -> User:
-    """Validate, hash off the loop, store, and log the new user in (400 / 409 on failure)."""
+async def create_user(data: Mapping[str, Any]) -> User:
+    """Validate, hash off the loop and store a new user (400 / 409 on failure); the caller audits."""
     form = validate_registration(data)
     # A cheap pre-check spares a hash for names that are obviously taken; the
     # unique indexes below remain the authority when two requests race.
@@ -66,6 +73,12 @@ async def register(data: Mapping[str, Any]) -> User:
     except IntegrityError:
         await db.rollback()
         raise HTTPError(409, await _taken_message(form.username, form.email) or USERNAME_TAKEN) from None
+    return user
+
+
+async def register(data: Mapping[str, Any]) -> User:
+    """Create the account and log it in."""
+    user = await create_user(data)
     audit("registered", user)
     await login_user(user, remember=False)
     return user
@@ -76,13 +89,7 @@ async def authenticate(data: Mapping[str, Any]) -> User:
     creds = validate_credentials(data)
     db = get_db()
     ident = creds.identifier
-    user = (
-        await db.execute(
-            select(User).where(
-                or_(func.lower(User.username) == func.lower(ident), func.lower(User.email) == func.lower(ident))
-            )
-        )
-    ).scalars().first()
+    user = (await db.execute(_by_username_or_email(ident))).scalars().first()
     throttle: Throttle = current_app.extensions["quart_app.throttle"]
     keys = None
     if throttle.enabled:
@@ -173,3 +180,37 @@ async def revoke_other_sessions(user: User) -> int:
     audit("session_revoked", user, detail=f"{count} other session(s)")
     await get_db().commit()
     return count
+
+
+async def find_user(username: str) -> User | None:
+    """The user with this username or email, without regard to case."""
+    db = get_db()
+    user = (await db.execute(_by_username_or_email(username))).scalars().first()
+    await db.commit()
+    return user
+
+
+async def set_active(user: User, active: bool) -> None:
+    """Deactivate (every session revoked at once) or reactivate an account."""
+    db = get_db()
+    await db.execute(update(User).where(User.id == user.id).values(is_active=active))
+    if not active:
+        await sessions.revoke_all(user.id)
+    audit("activated" if active else "deactivated", user)
+    await db.commit()
+    user.is_active = active
+
+
+async def revoke_all_sessions(user: User) -> int:
+    """Log the user out everywhere; returns how many sessions ended."""
+    count = await sessions.revoke_all(user.id)
+    audit("session_revoked", user, detail=f"all {count} session(s)")
+    await get_db().commit()
+    return count
+
+
+async def list_users() -> list[User]:
+    db = get_db()
+    users = (await db.execute(select(User).order_by(User.id))).scalars().all()
+    await db.commit()
+    return list(users)

@@ -1,0 +1,109 @@
+"""The ``users`` command group: ``quart --app "quart_app:create_app()" users ...``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+from quart import Quart
+
+from .auth import service
+from .errors import HTTPError
+
+
+def _run(app: Quart, work: Callable[[], Awaitable[Any]]) -> Any:
+    """Start the app's services (engine, hash pool), run ``work`` in an app context, stop them."""
+
+    async def main() -> Any:
+        await app.startup()
+        try:
+            async with app.app_context():
+                return await work()
+        finally:
+            await app.shutdown()
+
+    return asyncio.run(main())
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    line = sys.stdin.readline()
+    if not line:
+        _fail("no password on standard input")
+    return line.rstrip("\r\n")
+
+
+def register_cli(app: Quart) -> None:
+    @app.cli.group("users")
+    def users() -> None:
+        """Manage user accounts."""
+
+    @users.command("create", with_appcontext=False)
+    @click.argument("username")
+    @click.argument("email")
+    def create(username: str, email: str) -> None:
+        """Create an account (password from a prompt, or from standard input)."""
+        password = _read_password()
+
+        async def work():
+            return await service.create_user({"username": username, "email": email, "password": password})
+
+        try:
+            user = _run(app, work)
+        except HTTPError as exc:
+            _fail("; ".join(f"{k}: {v}" for k, v in exc.fields.items()) if exc.fields else exc.message)
+        click.echo(f"Created user {user.username} (id {user.id}).")
+
+    @users.command("list", with_appcontext=False)
+    def list_() -> None:
+        """List every account."""
+
+        async def work():
+            return await service.list_users()
+
+        rows = _run(app, work)
+        click.echo(f"{'id':>5}  {'username':<32}  {'email':<40}  active")
+        for user in rows:
+            click.echo(f"{user.id:>5}  {user.username:<32}  {user.email:<40}  {'yes' if user.is_active else 'no'}")
+
+    def _with_user(username: str, action: Callable[[Any], Awaitable[Any]]) -> Any:
+        async def work():
+            user = await service.find_user(username)
+            if user is None:
+                return None, None
+            return user, await action(user)
+
+        user, result = _run(app, work)
+        if user is None:
+            _fail(f"no user named {username!r}")
+        return user, result
+
+    @users.command("deactivate", with_appcontext=False)
+    @click.argument("username")
+    def deactivate(username: str) -> None:
+        """Deactivate an account: it cannot log in and its sessions are revoked at once."""
+        user, _ = _with_user(username, lambda u: service.set_active(u, False))
+        click.echo(f"Deactivated {user.username}; every session of theirs is revoked.")
+
+    @users.command("activate", with_appcontext=False)
+    @click.argument("username")
+    def activate(username: str) -> None:
+        """Reactivate an account."""
+        user, _ = _with_user(username, lambda u: service.set_active(u, True))
+        click.echo(f"Activated {user.username}.")
+
+    @users.command("revoke-sessions", with_appcontext=False)
+    @click.argument("username")
+    def revoke_sessions(username: str) -> None:
+        """Log an account out everywhere."""
+        user, count = _with_user(username, service.revoke_all_sessions)
+        click.echo(f"Revoked {count} session(s) of {user.username}.")
