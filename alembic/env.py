@@ -2,11 +2,13 @@
 
 import asyncio
 from logging.config import fileConfig
-
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from pathlib import Path
 
 from alembic import context
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
 from quart_app.core.config import database_url
 from quart_app.models import Base
 
@@ -43,22 +45,32 @@ def run_migrations_offline() -> None:
 
 
 def _run_sync(connection: Connection) -> None:
-    _configure(connection)
+    # SQLite's DDL is transactional too, once the driver stops managing
+    # transactions itself (below): a failed upgrade then leaves nothing behind.
+    _configure(connection, transactional_ddl=True)
     with context.begin_transaction():
         context.run_migrations()
 
 
+def _sqlite_transactional_ddl(engine) -> None:
+    # pysqlite only opens a transaction before INSERT/UPDATE/DELETE, so a batch
+    # migration's CREATE TABLE would commit on its own and survive a failure.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _no_implicit_transactions(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _explicit_begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
 async def run_migrations_online() -> None:
-    url = _url()
-    if url.startswith("sqlite"):
-        from pathlib import Path
-
-        from sqlalchemy.engine import make_url
-
-        database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+    url = make_url(_url())
     engine = create_async_engine(url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        _sqlite_transactional_ddl(engine)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)

@@ -12,7 +12,6 @@ Create Date: 2026-11-22
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "port_sessions"
@@ -21,12 +20,26 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+def _refuse_case_duplicates() -> None:
+    # An adopted Flask database may hold "Carol" and "carol": the unique
+    # lower() indexes cannot be built then. Say which, before changing anything.
+    connection = op.get_bind()
+    for column in ("username", "email"):
+        clashes = connection.execute(
+            sa.text(f"SELECT lower({column}) FROM users GROUP BY lower({column}) HAVING count(*) > 1")
+        ).scalars().all()
+        if clashes:
+            raise RuntimeError(
+                f"users.{column} holds values that differ only in case ({', '.join(sorted(clashes)[:10])}); "
+                "merge or rename those accounts, then run `alembic upgrade head` again."
+            )
+
+
 def upgrade() -> None:
+    _refuse_case_duplicates()
     with op.batch_alter_table("users") as batch:
         batch.add_column(sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()))
         batch.add_column(sa.Column("created_at", sa.DateTime(), nullable=True))
-    # Fails (and changes nothing) if an adopted database holds two accounts
-    # differing only in case: those must be merged by hand first.
     op.create_index("uq_users_username_lower", "users", [sa.text("lower(username)")], unique=True)
     op.create_index("uq_users_email_lower", "users", [sa.text("lower(email)")], unique=True)
 
