@@ -51,7 +51,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     _init_hasher(app, settings)
     csrf.init_app(app)
     auth.init_app(app, settings)
-    app.extensions["quart_app.throttle"] = Throttle(settings)
+    Throttle(settings).init_app(app)
     register_error_handlers(app)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)

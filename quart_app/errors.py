@@ -82,6 +82,19 @@ def register_error_handlers(app: Quart) -> None:
             HTTPError(503, "The server is busy checking passwords; try again shortly.", headers={"Retry-After": "1"})
         )
 
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # Redis is optional
+        pass
+    else:
+
+        @app.errorhandler(RedisConnectionError)
+        @app.errorhandler(RedisTimeoutError)
+        async def _redis_unavailable(error: Exception):
+            log.warning("redis unavailable: %s", type(error).__name__)
+            return await error_response(HTTPError(503, MESSAGES[503], headers={"Retry-After": "1"}))
+
     @app.errorhandler(OperationalError)
     async def _database_unavailable(error: OperationalError):
         # A locked SQLite file past its busy timeout, or a lost server

@@ -13,6 +13,7 @@ from conftest import FAST_HASHING, csrf_from, login_form, register_api, sqlite_u
 from quart_app import create_app
 from quart_app.auth import events, fresh_login_required
 from quart_app.auth.sessions import utcnow
+from quart_app.auth.throttle import RedisStore
 from quart_app.core.config import ConfigError
 
 PASSWORD = "correct horse battery"
@@ -41,8 +42,31 @@ async def fail_times(app, n, **kwargs):
     return statuses
 
 
-def unlock_all(db_path):
+@pytest.fixture(params=["database", "redis"])
+def make_app(request, db_path):
+    """Every test here runs with the throttle's counters in the database, then in Redis."""
+    extra = {}
+    if request.param == "redis":
+        redis_url = request.getfixturevalue("redis_server")
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+        extra["REDIS_URL"] = redis_url
+
+    def factory(**overrides):
+        config = {"ENV": "testing", "DATABASE_URL": sqlite_url(db_path), **FAST_HASHING, **extra, **overrides}
+        return create_app(config)
+
+    return factory
+
+
+async def unlock_all(app, db_path):
     """Let every current lock run out (as if its time had passed)."""
+    store = app.extensions["quart_app.throttle"].store
+    if isinstance(store, RedisStore):
+        for name in await store._redis.keys("quart_app:throttle:*"):
+            await store._redis.hset(name, "locked_until", 0)
+        return
     past = (utcnow() - timedelta(seconds=1)).isoformat(sep=" ")
     db_write(db_path, "UPDATE login_throttle SET locked_until = ? WHERE locked_until IS NOT NULL", past)
 
@@ -81,7 +105,7 @@ async def test_back_off_doubles_and_is_bounded(make_app, db_path):
             response = await attempt(app)
             if response.status_code == 429:
                 waits.append(int(response.headers["Retry-After"]))
-                unlock_all(db_path)
+                await unlock_all(app, db_path)
             if len(waits) == 5:
                 break
         # failures 2,3,4,5,6 lock for 60,120,240,300(capped),300 s
@@ -296,3 +320,29 @@ async def test_stale_session_must_reenter_the_password(fresh_app, db_path):
     done = await client.post("/reauthenticate?next=%2Fsensitive", form={"password": PASSWORD, "csrf_token": token})
     assert done.status_code == 302 and done.headers["Location"] == "/sensitive"
     assert (await client.get("/sensitive")).status_code == 200
+
+
+async def test_with_redis_url_the_counters_live_in_redis(make_app, db_path, redis_server):
+    """QUART_APP_REDIS_URL moves the counters to Redis: nothing lands in the login_throttle table."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    app = make_app(REDIS_URL=redis_server)
+    async with app.test_app():
+        await fail_times(app, 5)
+        assert (await attempt(app)).status_code == 429
+    assert rows(db_path, "SELECT count(*) FROM login_throttle") == [(0,)]
+    assert len(client.keys("quart_app:throttle:*")) == 3  # account, client, pair
+
+
+async def test_unreachable_redis_answers_503_not_500(make_app, db_path):
+    """If Redis is down, logins get 503 with Retry-After (and pages without login keep working)."""
+    from conftest import free_port
+
+    app = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    async with app.test_app():
+        response = await attempt(app)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert (await app.test_client().get("/")).status_code == 200

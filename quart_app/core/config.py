@@ -54,6 +54,8 @@ class Settings:
     LOGIN_RATE_LIMIT: str = "5/minute"
     # The same for one client IP across all accounts.
     LOGIN_IP_RATE_LIMIT: str = "20/minute"
+    # Throttle counters in Redis instead of the database (e.g. redis://127.0.0.1:6379/0).
+    REDIS_URL: str = ""
     # The longest lock-out, and how long failures are remembered.
     LOGIN_BACKOFF_MAX: int = 15 * 60
     # fresh_login_required: a session older than this must re-enter the password.
