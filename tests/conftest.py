@@ -6,9 +6,11 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,18 @@ FAST_HASHING = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARAL
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
+
+
+def db_rows(db_path, sql: str, *params) -> list[tuple]:
+    """Read the app's SQLite file directly (what is really stored)."""
+    with closing(sqlite3.connect(db_path)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def db_write(db_path, sql: str, *params) -> None:
+    """Change the app's SQLite file directly (to age a session, say)."""
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute(sql, params)
 
 
 def alembic(*args: str, url: str) -> subprocess.CompletedProcess:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 
-from conftest import auth_cookie, client_with_cookie, csrf_from, register_api
+from conftest import auth_cookie, client_with_cookie, csrf_from, db_rows, register_api
 
 PASSWORD = "correct horse battery"
 NEW_PASSWORD = "new staple battery horse"
 
 
-def rows(db_path, sql, *params):
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute(sql, params).fetchall()
+rows = db_rows
 
 
 async def login_api(app, username="alice", password=PASSWORD, **extra):

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 
 import pytest
-from conftest import auth_cookie, client_with_cookie, register_api
+from conftest import auth_cookie, client_with_cookie, db_rows, register_api
 
 PASSWORD = "correct horse battery"
 
 
 def user_count(db_path) -> int:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute("SELECT count(*) FROM users").fetchone()[0]
+    return db_rows(db_path, "SELECT count(*) FROM users")[0][0]
 
 
 def stored_hash(db_path, username: str) -> str:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute("SELECT password_hash FROM users WHERE username = ?", (username,)).fetchone()[0]
+    return db_rows(db_path, "SELECT password_hash FROM users WHERE username = ?", username)[0][0]
 
 
 # -- POST /api/register ------------------------------------------------------

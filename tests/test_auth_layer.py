@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import datetime, timedelta
 
-from conftest import auth_cookie, client_with_cookie, register_api
+import pytest
+from conftest import auth_cookie, client_with_cookie, db_rows, db_write, register_api
 from quart import render_template_string
 
 from quart_app.auth import ANONYMOUS, current_user
@@ -14,16 +14,6 @@ from quart_app.auth.sessions import utcnow
 from quart_app.core.security import token_digest
 
 PASSWORD = "correct horse battery"
-
-
-def db_rows(db_path, sql: str, *params) -> list[tuple]:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def db_write(db_path, sql: str, *params) -> None:
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(sql, params)
 
 
 def session_token_of(app, cookie_value: str) -> str:
@@ -52,31 +42,58 @@ async def test_loader_is_awaited_once_per_request(app, client):
     assert len(calls) == 1
 
 
-async def test_anonymous_current_user_has_safe_attributes(app):
-    """Anonymous: a real object whose id, username and flags read without error."""
-    async with app.test_request_context("/"):
-        await app.preprocess_request()
-        assert current_user.is_authenticated is False
-        assert current_user.is_anonymous is True
-        assert current_user.is_active is False
-        assert current_user.id is None
-        assert current_user.get_id() is None
-        assert current_user.username == ""
-        assert current_user._get_current_object() is ANONYMOUS
-        rendered = await render_template_string("{{ current_user.id }}|{{ current_user.username }}")
-        assert rendered == "None|"
+@pytest.fixture
+async def probe_app(make_app):
+    """An app with a view that reports what current_user looks like to views and templates."""
+    app = make_app()
+
+    @app.get("/probe")
+    async def probe():
+        user = current_user
+        return {
+            "is_authenticated": user.is_authenticated,
+            "is_anonymous": user.is_anonymous,
+            "is_active": user.is_active,
+            "id": user.id,
+            "get_id": user.get_id(),
+            "username": user.username,
+            "is_the_anonymous_object": user._get_current_object() is ANONYMOUS,
+            "template": await render_template_string("{{ current_user.id }}|{{ current_user.username }}"),
+        }
+
+    async with app.test_app():
+        yield app
 
 
-async def test_current_user_is_the_loaded_user_in_views_and_templates(app, client):
-    """Logged in: current_user is the User row, read without await in templates."""
+async def test_anonymous_current_user_has_safe_attributes(probe_app):
+    """Anonymous: a real object whose id, username and flags read without error, in views and templates."""
+    response = await probe_app.test_client().get("/probe")
+    assert await response.get_json() == {
+        "is_authenticated": False,
+        "is_anonymous": True,
+        "is_active": False,
+        "id": None,
+        "get_id": None,
+        "username": "",
+        "is_the_anonymous_object": True,
+        "template": "None|",
+    }
+
+
+async def test_current_user_is_the_loaded_user_in_views_and_templates(probe_app):
+    """Logged in: current_user is the User row, read without await in views and templates."""
+    client = probe_app.test_client()
     await register_api(client, "alice")
-    cookie = auth_cookie(client)
-    async with app.test_request_context("/", headers={"Cookie": f"quart_app_auth={cookie}"}):
-        await app.preprocess_request()
-        assert current_user.is_authenticated is True
-        assert current_user.username == "alice"
-        assert current_user.get_id() == "1"
-        assert await render_template_string("{{ current_user.username }}") == "alice"
+    assert await (await client.get("/probe")).get_json() == {
+        "is_authenticated": True,
+        "is_anonymous": False,
+        "is_active": True,
+        "id": 1,
+        "get_id": "1",
+        "username": "alice",
+        "is_the_anonymous_object": False,
+        "template": "1|alice",
+    }
 
 
 async def test_tampered_cookie_is_anonymous_and_cleared(app, client):

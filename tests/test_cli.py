@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import pytest
-from conftest import FAST_HASHING, auth_cookie, client_with_cookie, sqlite_url
+from conftest import FAST_HASHING, auth_cookie, client_with_cookie, db_rows, sqlite_url
 
 from quart_app import create_app
 
@@ -20,9 +19,7 @@ def invoke(app, *args, input=None):
     return app.test_cli_runner().invoke(args=["users", *args], input=input)
 
 
-def rows(db_path, sql):
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute(sql).fetchall()
+rows = db_rows
 
 
 def logged_in_cookie(app, username, password):

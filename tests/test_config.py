@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
+from conftest import db_rows
 from sqlalchemy import text
 
 from quart_app import create_app
@@ -102,8 +101,7 @@ async def test_default_app_hashes_with_owasp_parameters(make_app, db_path):
             "/api/register", json={"username": "alice", "email": "a@example.com", "password": "p" * 12}
         )
         assert response.status_code == 201
-    with sqlite3.connect(db_path) as conn:
-        [(stored,)] = conn.execute("SELECT password_hash FROM users").fetchall()
+    [(stored,)] = db_rows(db_path, "SELECT password_hash FROM users")
     assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
 
 

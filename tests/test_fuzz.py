@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
-from conftest import CSRF_RE, register_api
+from conftest import CSRF_RE, db_rows, register_api
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,10 +44,10 @@ FORM_POSTS = [
 
 
 def counts(db_path) -> tuple[int, int]:
-    with sqlite3.connect(db_path) as conn:
-        users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
-        sessions = conn.execute("SELECT count(*) FROM auth_sessions").fetchone()[0]
-        return users, sessions
+    [(users, sessions)] = db_rows(
+        db_path, "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM auth_sessions)"
+    )
+    return users, sessions
 
 
 async def check(response, before, db_path):

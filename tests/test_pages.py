@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 
 import pytest
-from conftest import auth_cookie, client_with_cookie, csrf_from, login_form, register_api
+from conftest import auth_cookie, client_with_cookie, csrf_from, db_rows, login_form, register_api
 
 PASSWORD = "correct horse battery"
 
 
 def users_in(db_path) -> list[tuple]:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute("SELECT id, username, email FROM users ORDER BY id").fetchall()
+    return db_rows(db_path, "SELECT id, username, email FROM users ORDER BY id")
 
 
 async def text(response) -> str:

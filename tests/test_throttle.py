@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from datetime import timedelta
 
 import pytest
-from conftest import FAST_HASHING, csrf_from, login_form, register_api, sqlite_url
+from conftest import FAST_HASHING, csrf_from, db_rows, db_write, login_form, register_api, sqlite_url
 
 from quart_app import create_app
 from quart_app.auth import events, fresh_login_required
@@ -19,14 +18,7 @@ from quart_app.core.config import ConfigError
 PASSWORD = "correct horse battery"
 
 
-def rows(db_path, sql, *params):
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def db_write(db_path, sql, *params):
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(sql, params)
+rows = db_rows
 
 
 async def attempt(app, username="alice", password="Tr0ub4dor&3-guess", ip: str | None = "10.0.0.1"):
