@@ -6,6 +6,7 @@ import logging
 
 from quart import Quart, render_template
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from .core.security import HashQueueFull
@@ -96,9 +97,11 @@ def register_error_handlers(app: Quart) -> None:
             return await error_response(HTTPError(503, MESSAGES[503], headers={"Retry-After": "1"}))
 
     @app.errorhandler(OperationalError)
-    async def _database_unavailable(error: OperationalError):
-        # A locked SQLite file past its busy timeout, or a lost server
-        # connection: the client may retry; nothing was acknowledged.
-        log.warning("database unavailable: %s", type(error.orig).__name__ if error.orig else error)
+    @app.errorhandler(PoolTimeout)
+    async def _database_unavailable(error: Exception):
+        # A locked SQLite file past its busy timeout, a lost server
+        # connection, or no free pooled connection in time: the client may
+        # retry; nothing was acknowledged.
+        log.warning("database unavailable: %s", type(getattr(error, "orig", None) or error).__name__)
         return await error_response(HTTPError(503, MESSAGES[503], headers={"Retry-After": "1"}))
 

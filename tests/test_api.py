@@ -273,3 +273,19 @@ async def test_api_post_with_foreign_origin_is_403(client, db_path):
     )
     assert response.status_code == 403
     assert user_count(db_path) == 0
+
+
+async def test_exhausted_connection_pool_is_503_not_500(make_app, db_path):
+    """No free database connection in time: 503 with Retry-After, nothing stored."""
+    app = make_app(DB_POOL_SIZE=1, DB_POOL_TIMEOUT=0.05)
+    async with app.test_app():
+        engine = app.extensions["quart_app.db"].engine
+        held = [await engine.connect() for _ in range(1 + 10)]  # the pool and its overflow
+        try:
+            response = await register_api(app.test_client(), "alice")
+        finally:
+            for connection in held:
+                await connection.close()
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert user_count(db_path) == 0
