@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -256,26 +255,6 @@ def client_for(server: Server, **options) -> httpx.AsyncClient:
 
 def cookie_header(token: str) -> dict[str, str]:
     return {"Cookie": f"{AUTH_COOKIE}={token}"}
-
-
-async def on_every_worker(
-    server: Server,
-    send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]],
-    *,
-    at_least: int = 10,
-    per_worker: int = 2,
-    limit: int = 60,
-) -> Counter:
-    """Call ``send`` on fresh connections until every worker has answered it ``per_worker`` times."""
-    served: Counter = Counter()
-    for attempt in range(1, limit + 1):
-        async with client_for(server) as client:
-            response = await send(client)
-            served[server.worker_of(response)] += 1
-        if attempt >= at_least and all(served[pid] >= per_worker for pid in server.worker_pids):
-            break
-    assert set(served) == server.worker_pids, f"not every worker answered in {limit} tries: {dict(served)}"
-    return served
 
 
 def process_state(pid: int) -> str:

@@ -13,7 +13,7 @@ import pytest
 from argon2 import PasswordHasher
 from conftest import FAST_HASHING, ROOT
 from hypercorn.config import Config
-from servers import AUTH_COOKIE, PROC_NET_TCP, Server, client_for, cookie_header, on_every_worker, start_server
+from servers import AUTH_COOKIE, PROC_NET_TCP, Server, client_for, cookie_header, on_each_worker, start_server
 
 PASSWORD = "correct horse battery"
 # Pages requested one after another while four slow logins hash.
@@ -114,7 +114,7 @@ async def test_register_dashboard_logout_then_replayed_cookie_is_refused(server)
         assert "Hello carol" in response.text
         return response
 
-    await on_every_worker(server, dashboard_greets)
+    await on_each_worker(server, dashboard_greets)
 
     async with client_for(server) as client:
         response = await client.post("/api/logout", headers=cookie_header(token))
@@ -132,8 +132,8 @@ async def test_register_dashboard_logout_then_replayed_cookie_is_refused(server)
         assert response.headers["location"] == "/login?next=%2Fdashboard"
         return response
 
-    await on_every_worker(server, me_refuses)
-    await on_every_worker(server, dashboard_sends_to_login)
+    await on_each_worker(server, me_refuses)
+    await on_each_worker(server, dashboard_sends_to_login)
 
 
 async def test_hashing_does_not_block_the_event_loop(slow_hash_server):
