@@ -1,17 +1,31 @@
-"""The database: one async engine per worker process, one AsyncSession per request."""
+"""The database: one async engine per worker process, one AsyncSession per request.
+
+SQLite is a library, not a server: aiosqlite hands every call (cursor,
+execute, fetch, close, commit) to its connection thread and back, several
+round trips per query. The hot path instead runs a whole unit of work in one
+trip to a small thread pool with a plain (sync) SQLAlchemy session; on a
+server database the same unit runs on the request's AsyncSession.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from quart import Quart, current_app, g
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 
 from .core.config import Settings
 
 _EXTENSION = "quart_app.db"
+T = TypeVar("T")
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -30,8 +44,25 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _is_sqlite_file(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and bool(parsed.database) and parsed.database != ":memory:"
+
+
+def _create_sqlite_thread_engine(settings: Settings) -> Engine:
+    """A sync (pysqlite) engine on the same file, for units of work run on the SQLite threads."""
+    url = make_url(settings.DATABASE_URL).set(drivername="sqlite")
+    engine = create_sync_engine(
+        url, pool_size=settings.SQLITE_THREADS, max_overflow=0, pool_timeout=settings.DB_POOL_TIMEOUT
+    )
+    _configure_sqlite(engine, settings.SQLITE_BUSY_TIMEOUT_MS)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine | Engine, busy_timeout_ms: int) -> None:
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         cursor = dbapi_connection.cursor()
         # WAL lets readers run beside the one writer; busy_timeout makes a
@@ -51,6 +82,8 @@ class Database:
         self.settings = settings
         self.engine: AsyncEngine | None = None
         self.sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._thread_engine: Engine | None = None
+        self._threads: ThreadPoolExecutor | None = None
         app.extensions[_EXTENSION] = self
         app.before_serving(self.connect)
         app.after_serving(self.dispose)
@@ -61,12 +94,27 @@ class Database:
         # expire_on_commit=False: objects stay readable after commit without
         # an implicit reload, which would be a lazy load (not allowed in asyncio).
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        if _is_sqlite_file(self.settings.DATABASE_URL):
+            self._thread_engine = _create_sqlite_thread_engine(self.settings)
+            self._threads = ThreadPoolExecutor(
+                max_workers=self.settings.SQLITE_THREADS, thread_name_prefix="sqlite"
+            )
 
     async def dispose(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
+        if self._thread_engine is not None:
+            self._thread_engine.dispose()
+            self._thread_engine = None
         if self.engine is not None:
             await self.engine.dispose()
             self.engine = None
             self.sessionmaker = None
+
+    def _run_in_thread(self, work: Callable[[Session], T]) -> T:
+        with Session(self._thread_engine, expire_on_commit=False) as session:
+            return work(session)
 
     async def _close_request_session(self, _exc: BaseException | None) -> None:
         session = g.pop("_db_session", None)
@@ -84,3 +132,16 @@ def get_db() -> AsyncSession:
         session = database.sessionmaker()
         g._db_session = session
     return session
+
+
+async def run_unit(work: Callable[[Session], T]) -> T:
+    """Run ``work(session)`` (sync SQLAlchemy code that commits what it changes) as one unit.
+
+    On a SQLite file: one trip to the SQLite thread pool (bounded by
+    SQLITE_THREADS), never on the event loop. Elsewhere: on the request's
+    AsyncSession, through ``run_sync``.
+    """
+    database: Database = current_app.extensions[_EXTENSION]
+    if database._threads is not None:
+        return await asyncio.get_running_loop().run_in_executor(database._threads, database._run_in_thread, work)
+    return await get_db().run_sync(work)

@@ -325,3 +325,21 @@ async def test_outdated_argon2_parameters_are_upgraded_at_login(make_app, db_pat
         response = await app.test_client().post("/api/login", json={"username": "alice", "password": PASSWORD})
         assert response.status_code == 200
     assert "m=1024," in db_rows(db_path, "SELECT password_hash FROM users")[0][0]
+
+
+async def test_session_lookup_runs_on_the_sqlite_threads_not_the_loop(app, client):
+    """On SQLite the per-request lookup is one trip to the bounded SQLite thread pool."""
+    import threading
+
+    await register_api(client, "alice")
+    database = app.extensions["quart_app.db"]
+    threads = []
+    original = database._run_in_thread
+
+    def spy(work):
+        threads.append(threading.current_thread().name)
+        return original(work)
+
+    database._run_in_thread = spy
+    assert (await client.get("/dashboard")).status_code == 200
+    assert len(threads) == 1 and threads[0].startswith("sqlite")

@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 from quart import g
 from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.orm import Session
 
 from ..core.config import Settings
 from ..core.security import new_session_token, token_digest
-from ..db import get_db
+from ..db import get_db, run_unit
 from ..models import AuthSession, User
 
 
@@ -67,9 +68,20 @@ async def start(
 
 
 # Built once: the protected hot path only binds two values (the statement's
-# construction would otherwise cost more Python than its execution).
+# construction would otherwise cost more Python than its execution). Plain
+# columns, not entities: no identity map or ORM loading for one row.
 _RESOLVE = (
-    select(User, AuthSession.id, AuthSession.remember, AuthSession.created_at, AuthSession.last_seen_at)
+    select(
+        User.id,
+        User.username,
+        User.email,
+        User.password_hash,
+        User.created_at,
+        AuthSession.id.label("session_id"),
+        AuthSession.remember,
+        AuthSession.created_at.label("session_created_at"),
+        AuthSession.last_seen_at,
+    )
     .join(AuthSession, AuthSession.user_id == User.id)
     .where(
         AuthSession.token_hash == bindparam("digest"),
@@ -79,31 +91,41 @@ _RESOLVE = (
 )
 
 
+def _lookup(digest: str, now: datetime, settings: Settings):
+    """The unit of work of one protected request: the lookup, and at most once a minute a touch."""
+
+    def work(session: Session):
+        row = session.execute(_RESOLVE, {"digest": digest, "now": now}).first()
+        if row is not None and (now - row.last_seen_at).total_seconds() >= settings.SESSION_TOUCH_INTERVAL:
+            # Records activity and slides the idle expiry of a plain login.
+            session.execute(
+                update(AuthSession)
+                .where(AuthSession.id == row.session_id)
+                .values(
+                    last_seen_at=now,
+                    expires_at=_expiry(settings, remember=row.remember, created_at=row.session_created_at, now=now),
+                )
+            )
+        session.commit()
+        return row
+
+    return work
+
+
 async def resolve(token: str, settings: Settings) -> User | None:
     """The active user whose unexpired session this token opens, in one indexed query."""
-    now = utcnow()
-    db = get_db()
-    row = (await db.execute(_RESOLVE, {"digest": token_digest(token), "now": now})).first()
+    row = await run_unit(_lookup(token_digest(token), utcnow(), settings))
     if row is None:
-        await db.commit()
         return None
-    user, session_id, remember, created_at, last_seen_at = row
-    g._auth_session = CurrentSession(session_id, created_at, remember)
-    if (now - last_seen_at).total_seconds() >= settings.SESSION_TOUCH_INTERVAL:
-        # At most one write per session per interval: it records activity and
-        # slides the idle expiry of a plain login forward.
-        await db.execute(
-            update(AuthSession)
-            .where(AuthSession.id == session_id)
-            .values(
-                last_seen_at=now,
-                expires_at=_expiry(settings, remember=remember, created_at=created_at, now=now),
-            )
-        )
-    # End the transaction now: the connection goes back to the pool before
-    # the view runs, instead of being held until the response is sent.
-    await db.commit()
-    return user
+    g._auth_session = CurrentSession(row.session_id, row.session_created_at, row.remember)
+    return User(
+        id=row.id,
+        username=row.username,
+        email=row.email,
+        password_hash=row.password_hash,
+        is_active=True,
+        created_at=row.created_at,
+    )
 
 
 async def revoke(token: str) -> None:

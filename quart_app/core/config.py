@@ -67,6 +67,8 @@ class Settings:
     DB_POOL_SIZE: int = 5
     DB_POOL_TIMEOUT: float = 10.0
     SQLITE_BUSY_TIMEOUT_MS: int = 10_000
+    # Threads that run the hot path's SQLite work (one trip per request).
+    SQLITE_THREADS: int = 2
 
     @property
     def is_production(self) -> bool:
