@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from flask.templating import _default_template_ctx_processor as flask_default_context_processor
 from quart import Quart, Response, request
 
 from . import auth
@@ -15,6 +16,7 @@ from .cli import register_cli
 from .core import csrf
 from .core.config import INSTANCE_PATH, Settings, load_settings
 from .core.security import PasswordHasher
+from .core.signing import CachedSessionInterface
 from .db import Database
 from .errors import register_error_handlers
 from .pages.views import bp as pages_bp
@@ -43,6 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.COOKIE_SECURE,
     )
+    app.session_interface = CachedSessionInterface()
     app.extensions["quart_app.settings"] = settings
     if settings.is_production and not settings.COOKIE_SECURE:
         log.warning("QUART_APP_COOKIE_SECURE is off: serve over HTTPS and turn it on in production")
@@ -55,9 +58,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     register_error_handlers(app)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
+    _drop_sync_blueprint_context_processors(app)
     app.after_request(_security_headers)
     register_cli(app)
     return app
+
+
+def _drop_sync_blueprint_context_processors(app: Quart) -> None:
+    # Quart's blueprints inherit Flask's sync default context processor, which
+    # Quart then runs on a thread for every render of a blueprint's page. The
+    # app's own (async) default processor already provides the same names.
+    for name, processors in app.template_context_processors.items():
+        if name is not None:
+            processors[:] = [p for p in processors if p is not flask_default_context_processor]
 
 
 def _init_hasher(app: Quart, settings: Settings) -> None:

@@ -343,3 +343,17 @@ async def test_session_lookup_runs_on_the_sqlite_threads_not_the_loop(app, clien
     database._run_in_thread = spy
     assert (await client.get("/dashboard")).status_code == 200
     assert len(threads) == 1 and threads[0].startswith("sqlite")
+
+
+async def test_no_request_hook_runs_on_a_thread(app):
+    """Every hook and context processor is async: Quart would run a sync one on a thread per request."""
+    import inspect
+
+    hooks = [
+        *(f for fs in app.before_request_funcs.values() for f in fs),
+        *(f for fs in app.after_request_funcs.values() for f in fs),
+        *(f for fs in app.template_context_processors.values() for f in fs),
+        *(f for fs in app.teardown_appcontext_funcs for f in [fs]),
+    ]
+    sync = [getattr(f, "__qualname__", repr(f)) for f in hooks if not inspect.iscoroutinefunction(f)]
+    assert sync == []

@@ -12,6 +12,7 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlencode
 
+from itsdangerous import BadSignature
 from quart import (
     Quart,
     current_app,
@@ -28,6 +29,7 @@ from quart_auth import Action, AuthUser, QuartAuth
 from werkzeug.local import LocalProxy
 
 from ..core.config import Settings
+from ..core.signing import SerializerCache
 from ..db import get_db
 from ..errors import HTTPError
 from . import sessions
@@ -64,9 +66,23 @@ ANONYMOUS = AnonymousUser()
 
 
 class _CookieAuth(QuartAuth):
-    """Quart-Auth, minus its template global: templates get our resolved ``current_user``."""
+    """Quart-Auth with its serializer cached, and templates given our resolved ``current_user``."""
 
-    def _template_context(self) -> dict[str, Any]:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._serializers = SerializerCache(lambda keys: self.serializer_class(keys, self.salt))
+        super().__init__(*args, **kwargs)
+
+    def dump_token(self, auth_id: str, app: Quart | None = None) -> str:
+        return self._serializers.get(app or current_app).dumps(auth_id)
+
+    def load_token(self, token: str, app: Quart | None = None) -> str | None:
+        try:
+            return self._serializers.get(app or current_app).loads(token, max_age=self.duration)
+        except BadSignature:  # SignatureExpired is one
+            return None
+
+    async def _template_context(self) -> dict[str, Any]:
+        # async: Quart runs a sync context processor on a thread, on every render.
         return {"current_user": current_user._get_current_object()}
 
 

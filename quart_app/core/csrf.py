@@ -30,7 +30,8 @@ async def require_csrf_token() -> None:
         raise HTTPError(403, "The form has expired or did not come from this site; reload and try again.")
 
 
-def _refuse_foreign_origin() -> None:
+async def _refuse_foreign_origin() -> None:
+    # async on purpose: Quart would run a sync hook on a thread, per request.
     if request.method not in UNSAFE_METHODS:
         return
     if request.headers.get("Sec-Fetch-Site") == "cross-site":
