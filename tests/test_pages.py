@@ -365,3 +365,28 @@ async def test_stylesheet_is_served_locally(client):
     response = await client.get("/static/style.css")
     assert response.status_code == 200
     assert "text/css" in response.headers["Content-Type"]
+
+
+async def test_logged_in_csrf_token_is_bound_to_the_auth_session(app):
+    """Logged in, the token changes with each login and a token of an earlier session is refused."""
+    client = app.test_client()
+    await register_api(client, "alice")
+    first = await csrf_from(client, "/account")
+    assert await csrf_from(client, "/dashboard") == first
+    await client.post("/api/login", json={"username": "alice", "password": PASSWORD})
+    second = await csrf_from(client, "/account")
+    assert second != first
+    refused = await client.post("/account/sessions/revoke-others", form={"csrf_token": first})
+    assert refused.status_code == 403
+    accepted = await client.post("/account/sessions/revoke-others", form={"csrf_token": second})
+    assert accepted.status_code == 302
+
+
+async def test_protected_pages_do_not_write_the_session_cookie(client):
+    """Once the flash is shown, browsing logged in sets no cookie at all."""
+    await register_api(client, "alice")
+    await client.get("/")  # shows (and consumes) any flash
+    for path in ("/dashboard", "/account", "/"):
+        response = await client.get(path)
+        assert response.status_code == 200
+        assert "Set-Cookie" not in response.headers, path

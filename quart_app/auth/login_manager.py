@@ -144,6 +144,7 @@ class LoginManager:
                 # Tampered, revoked, expired or deactivated: ask the browser to drop it.
                 self._cookie.logout_user()
             return ANONYMOUS
+        g._session_secret = token
         return user
 
     async def _load_request_user(self) -> None:
@@ -233,6 +234,7 @@ async def login_user(user: Any, remember: bool = False) -> None:
     action = Action.WRITE_PERMANENT if remember else Action.WRITE
     manager._cookie.login_user(AuthUser(token, action))
     g._login_user = user
+    g._session_secret = token
     # A new identity gets a new CSRF token (no token fixation across logins).
     session.pop("_csrf", None)
 
@@ -250,6 +252,7 @@ async def logout_user() -> None:
     manager._cookie.logout_user()
     g._login_user = ANONYMOUS
     g._auth_session = None
+    g._session_secret = None
     session.pop("_csrf", None)
 
 

@@ -1,10 +1,19 @@
-"""Cross-site request forgery: a token per browser session on every form, and no foreign Origin."""
+"""Cross-site request forgery: a token per browser session on every form, and no foreign Origin.
+
+Logged in, the token is derived from the auth session's secret (an HMAC
+under the app's key): it changes with every login, dies with the session,
+and needs no cookie of its own, so protected pages neither read nor write
+Quart's session cookie for it. Anonymous forms (log in, register) keep a
+random token in Quart's signed session cookie.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from urllib.parse import urlsplit
 
-from quart import Quart, request, session
+from quart import Quart, current_app, g, request, session
 
 from ..errors import HTTPError
 from .security import new_csrf_token, tokens_match
@@ -14,9 +23,18 @@ SESSION_KEY = "_csrf"
 FORM_FIELD = "csrf_token"
 
 
+def _expected_token() -> str | None:
+    secret = g.get("_session_secret")  # set by the login manager for a live session
+    if secret is not None:
+        key = current_app.secret_key
+        key = key.encode() if isinstance(key, str) else key
+        return hmac.new(key, b"csrf:" + secret.encode(), hashlib.sha256).hexdigest()
+    return session.get(SESSION_KEY)
+
+
 def csrf_token() -> str:
-    """The token of this browser session (kept in Quart's signed session cookie)."""
-    token = session.get(SESSION_KEY)
+    """The token of this browser session, for the hidden ``csrf_token`` field."""
+    token = _expected_token()
     if not token:
         token = new_csrf_token()
         session[SESSION_KEY] = token
@@ -26,7 +44,7 @@ def csrf_token() -> str:
 async def require_csrf_token() -> None:
     """Refuse a form POST whose ``csrf_token`` is not this browser session's (403)."""
     form = await request.form
-    if not tokens_match(session.get(SESSION_KEY), form.get(FORM_FIELD)):
+    if not tokens_match(_expected_token(), form.get(FORM_FIELD)):
         raise HTTPError(403, "The form has expired or did not come from this site; reload and try again.")
 
 
