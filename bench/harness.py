@@ -1,0 +1,974 @@
+"""The benchmark run: servers up, users made, every scenario against every server, alternating.
+
+Started by ``bench/run`` (which makes the venvs and installs wrk); it is not
+meant to be run alone, but can be, with the variables ``bench/run`` exports.
+Standard library only (the chart is ``report.py``'s business).
+
+Servers (all on 127.0.0.1, ports chosen free from BENCH_PORT_BASE):
+  port           hypercorn -c hypercorn.toml "quart_app:create_app()"   (the project's config)
+  flask_sync     gunicorn -w 2 --backlog 2048 app:app                    (bench/flask_ref)
+  flask_gthread  gunicorn -w 2 -k gthread --threads 8 --backlog 2048 app:app
+and for the floor: bare_asgi / bare_quart on the same hypercorn.toml, bare Flask on both gunicorns.
+
+Every child is started in its own process group, its pid written to
+``<raw>/pids``, and stopped (SIGTERM, then SIGKILL) in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import re
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(os.environ.get("BENCH_ROOT", Path(__file__).resolve().parent))
+PORT_DIR = Path(os.environ.get("BENCH_PORT_DIR", BENCH.parent)).resolve()
+PORT_VENV = Path(os.environ.get("BENCH_PORT_VENV", PORT_DIR / ".venv"))
+FLASK_VENV = Path(os.environ.get("BENCH_FLASK_VENV", BENCH / ".venv-flask"))
+OUT = Path(os.environ.get("BENCH_OUT", BENCH / "results"))
+RAW = OUT / "raw"
+WORK = Path(os.environ.get("BENCH_WORK") or "/tmp")  # databases and pool files
+
+DURATION = int(os.environ.get("BENCH_DURATION", "5"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
+USERS = int(os.environ.get("BENCH_USERS", "64"))
+PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "18300"))
+PAUSE = float(os.environ.get("BENCH_PAUSE", "0.5"))
+IDLE_WAIT = float(os.environ.get("BENCH_IDLE_WAIT", "20"))
+HASH_SECONDS = float(os.environ.get("BENCH_HASH_SECONDS", "2"))
+WRK_TIMEOUT = int(os.environ.get("BENCH_WRK_TIMEOUT", "10"))
+# A measurement during which other processes (not the server, not wrk) used more than
+# NOISE_LIMIT % of a core is taken again, at most NOISE_RETRIES times.
+NOISE_LIMIT = float(os.environ.get("BENCH_NOISE_LIMIT", "25"))
+NOISE_RETRIES = int(os.environ.get("BENCH_NOISE_RETRIES", "2"))
+BACKLOG = 2048  # = hypercorn.toml's backlog (and gunicorn's default)
+UA = "bench"  # wrk's scripts send the same User-Agent (Flask-Login's session protection hashes it)
+LUA = BENCH / "lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+
+SERVERS = ["port", "flask_sync", "flask_gthread"]
+LABELS = {
+    "port": "Quart port (hypercorn, 2 workers, uvloop)",
+    "flask_sync": "Flask ref (gunicorn, 2 sync workers)",
+    "flask_gthread": "Flask ref (gunicorn, 2 gthread workers x 8 threads)",
+    "bare_asgi": "bare ASGI hello (hypercorn.toml)",
+    "bare_quart": "bare Quart hello (hypercorn.toml)",
+    "bare_flask_sync": "bare Flask hello (gunicorn, 2 sync)",
+    "bare_flask_gthread": "bare Flask hello (gunicorn, 2 gthread x 8)",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- processes -----------------------------------------------------------------
+
+_children: dict[int, str] = {}
+
+
+def _note_pid(pid: int, name: str) -> None:
+    _children[pid] = name
+    with open(RAW / "pids", "a") as fh:
+        fh.write(f"{pid} {name}\n")
+
+
+def _forget_pid(pid: int) -> None:
+    _children.pop(pid, None)
+
+
+def stop_group(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group led by ``pid`` (one we started), then SIGKILL after ``grace``."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        _forget_pid(pid)
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done == pid and not _group_alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    _forget_pid(pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def stop_all() -> None:
+    for pid in list(_children):
+        stop_group(pid, grace=5.0)
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime+stime of every live process in process group ``pgid``."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies from /proc/stat."""
+    with open("/proc/stat") as fh:
+        parts = [int(x) for x in fh.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    total = sum(parts[:8])
+    return total - idle, total
+
+
+def wait_idle(max_wait: float = IDLE_WAIT) -> float:
+    """Wait (bounded) until the machine is nearly idle; returns the last busy fraction seen."""
+    deadline = time.monotonic() + max_wait
+    busy = 1.0
+    while True:
+        b0, t0 = machine_cpu()
+        time.sleep(0.5)
+        b1, t1 = machine_cpu()
+        busy = (b1 - b0) / max(t1 - t0, 1)
+        if busy < 0.10 or time.monotonic() >= deadline:
+            return busy
+
+
+# -- servers -------------------------------------------------------------------
+
+
+def free_port(start: int) -> int:
+    port = start
+    for _ in range(500):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                port += 1
+    raise RuntimeError(f"no free port from {start}")
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], cwd: Path, env: dict[str, str], port: int):
+        self.name, self.cmd, self.cwd, self.env, self.port = name, cmd, cwd, env, port
+        self.proc: subprocess.Popen | None = None
+        self.logfile = RAW / f"server-{name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        out = open(self.logfile, "ab")
+        out.write(f"\n=== {time.ctime()} {' '.join(self.cmd)}\n".encode())
+        out.flush()
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        out.close()
+        _note_pid(self.proc.pid, self.name)
+
+    def wait_ready(self, path: str = "/", timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start; see {self.logfile}:\n{tail(self.logfile)}")
+            try:
+                status, _, _, _ = request(self.port, "GET", path, timeout=5)
+                if status < 500:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.logfile}:\n{tail(self.logfile)}")
+
+    def cpu(self) -> float:
+        return group_cpu_seconds(self.proc.pid) if self.proc else 0.0
+
+    def quiesce(self, max_wait: float = 10.0) -> None:
+        """Wait (bounded) until the server's processes stop using CPU (backlogs drained)."""
+        deadline = time.monotonic() + max_wait
+        while time.monotonic() < deadline:
+            c0 = self.cpu()
+            time.sleep(0.25)
+            if self.cpu() - c0 < 0.0125:  # < 5% of one core
+                return
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc.pid)
+            self.proc = None
+
+
+def tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def gunicorn_cmd(extra: list[str], port: int, app: str) -> list[str]:
+    cmd = [
+        str(FLASK_VENV / "bin" / "gunicorn"),
+        "-w",
+        "2",
+        *extra,
+        "--backlog",
+        str(BACKLOG),
+        "-b",
+        f"127.0.0.1:{port}",
+    ]
+    if _gunicorn_has_control_socket():
+        # gunicorn 25+ opens a control socket at one fixed path per user; two masters would share it.
+        cmd.append("--no-control-socket")
+    return [*cmd, app]
+
+
+_control_socket: bool | None = None
+
+
+def _gunicorn_has_control_socket() -> bool:
+    global _control_socket
+    if _control_socket is None:
+        out = subprocess.run(
+            [str(FLASK_VENV / "bin" / "gunicorn"), "--help"], capture_output=True, text=True, timeout=60
+        ).stdout
+        _control_socket = "--no-control-socket" in out
+    return _control_socket
+
+
+def hypercorn_cmd(port: int, app: str) -> list[str]:
+    return [
+        str(PORT_VENV / "bin" / "hypercorn"),
+        "-c",
+        str(PORT_DIR / "hypercorn.toml"),
+        "--bind",
+        f"127.0.0.1:{port}",
+        app,
+    ]
+
+
+# -- a tiny HTTP client with a cookie jar (setup only; the load is wrk's) --------
+
+
+def request(port, method, path, body=None, headers=None, jar=None, timeout=60):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    hdrs = {"User-Agent": UA, **(headers or {})}
+    if jar:
+        hdrs["Cookie"] = cookie_header(jar)
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        data = resp.read().decode("utf-8", "replace")
+        set_cookies = resp.headers.get_all("Set-Cookie") or []
+    finally:
+        conn.close()
+    if jar is not None:
+        for line in set_cookies:
+            name, _, rest = line.partition("=")
+            value = rest.split(";", 1)[0]
+            attrs = rest.lower()
+            if not value or "max-age=0" in attrs or "expires=thu, 01 jan 1970" in attrs:
+                jar.pop(name.strip(), None)
+            else:
+                jar[name.strip()] = value
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, set_cookies
+
+
+def cookie_header(jar: dict[str, str]) -> str:
+    return "; ".join(f"{k}={v}" for k, v in jar.items())
+
+
+def form(**fields) -> tuple[str, dict[str, str]]:
+    from urllib.parse import urlencode
+
+    return urlencode(fields), {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def js(**fields) -> tuple[str, dict[str, str]]:
+    return json.dumps(fields), {"Content-Type": "application/json"}
+
+
+CSRF_RE = re.compile(r'name="csrf_token"\s+value="([^"]+)"')
+
+
+def user(i: int) -> tuple[str, str, str]:
+    return f"bench{i:03d}", f"bench{i:03d}@example.org", f"pw-{i:03d}-{SALT}"
+
+
+SALT = secrets.token_hex(4)
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise RuntimeError(f"setup check failed: {what}")
+
+
+# -- preparation: users, cookies, pools ------------------------------------------
+
+
+def register_users(srv: Server, kind: str) -> None:
+    def one(i: int) -> int:
+        name, email, pw = user(i)
+        if kind == "port":
+            body, hdrs = js(username=name, email=email, password=pw)
+            return request(srv.port, "POST", "/api/register", body, hdrs)[0]
+        body, hdrs = form(username=name, email=email, password=pw)
+        return request(srv.port, "POST", "/register", body, hdrs)[0]
+
+    want = 201 if kind == "port" else 302
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(one, range(USERS)))
+    bad = [s for s in statuses if s != want]
+    check(not bad, f"{srv.name}: registering {USERS} users gave statuses {sorted(set(bad))} (want {want})")
+
+
+def browser_login(srv: Server, kind: str) -> dict[str, str]:
+    """Log bench000 in the way a browser does and return its cookie jar, ready for GET /dashboard."""
+    name, _, pw = user(0)
+    jar: dict[str, str] = {}
+    status, _, html, _ = request(srv.port, "GET", "/login", jar=jar)
+    check(status == 200, f"{srv.name}: GET /login -> {status}")
+    fields = {"username": name, "password": pw}
+    if kind == "port":
+        m = CSRF_RE.search(html)
+        check(m is not None, f"{srv.name}: no csrf_token on the login page")
+        fields["csrf_token"] = m.group(1)
+    body, hdrs = form(**fields)
+    status, _, _, _ = request(srv.port, "POST", "/login", body, hdrs, jar=jar)
+    check(status == 302, f"{srv.name}: form login -> {status}")
+    # First visit may update the cookies (flash consumed, CSRF token minted): keep them, like a browser.
+    status, _, html, _ = request(srv.port, "GET", "/dashboard", jar=jar)
+    check(status == 200 and f"Hello {name}" in html, f"{srv.name}: GET /dashboard -> {status}")
+    status, _, html, set_cookies = request(srv.port, "GET", "/dashboard", jar=jar)
+    check(status == 200 and f"Hello {name}" in html, f"{srv.name}: GET /dashboard (again) -> {status}")
+    if set_cookies:
+        log(f"note: {srv.name} sets cookies on every dashboard view: {[c.split('=')[0] for c in set_cookies]}")
+    return jar
+
+
+def write_pools(srv: Server, kind: str) -> tuple[Path, Path]:
+    """Pool files for wrk: username TAB password [TAB csrf_token TAB Cookie]."""
+    form_pool = WORK / f"pool-form-{srv.name}.tsv"
+    json_pool = WORK / f"pool-json-{srv.name}.tsv"
+    form_lines, json_lines = [], []
+
+    def token_pair(i: int) -> str:
+        # The port's CSRF token lives in its signed session cookie: one (token, cookie) pair per user,
+        # fetched from the login page like a browser; the pair stays valid for any number of POSTs.
+        jar: dict[str, str] = {}
+        status, _, html, _ = request(srv.port, "GET", "/login", jar=jar)
+        m = CSRF_RE.search(html)
+        check(status == 200 and m is not None and "quart_app_session" in jar, f"{srv.name}: csrf pair {i}")
+        return f"{m.group(1)}\tquart_app_session={jar['quart_app_session']}"
+
+    if kind == "port":
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            pairs = list(pool.map(token_pair, range(USERS)))
+    else:
+        pairs = ["\t"] * USERS
+    for i in range(USERS):
+        name, _, pw = user(i)
+        form_lines.append(f"{name}\t{pw}\t{pairs[i]}")
+        json_lines.append(f"{name}\t{pw}")
+    form_pool.write_text("\n".join(form_lines) + "\n")
+    json_pool.write_text("\n".join(json_lines) + "\n")
+
+    # One login of each kind from the pool, as wrk will send it (no auth cookie).
+    name, _, pw = user(USERS - 1)
+    fields = {"username": name, "password": pw}
+    hdr_cookie = {}
+    if kind == "port":
+        token, cookie = pairs[USERS - 1].split("\t")
+        fields["csrf_token"] = token
+        hdr_cookie = {"Cookie": cookie}
+    body, hdrs = form(**fields)
+    status = request(srv.port, "POST", "/login", body, {**hdrs, **hdr_cookie})[0]
+    check(status == 302, f"{srv.name}: pooled form login -> {status}")
+    body, hdrs = js(username=name, password=pw)
+    status = request(srv.port, "POST", "/api/login", body, hdrs)[0]
+    check(status == json_ok(srv.name), f"{srv.name}: JSON login -> {status}")
+    return form_pool, json_pool
+
+
+def json_ok(server: str) -> int:
+    # The port answers 200; the seed's Login resource answers 201.
+    return 200 if server == "port" else 201
+
+
+# -- wrk ---------------------------------------------------------------------------
+
+RUN_ID = [0]
+
+
+def start_wrk(url: str, script: str, args: list[str], conns: int, duration: int, tag: str):
+    RUN_ID[0] += 1
+    logfile = RAW / f"wrk-{RUN_ID[0]:03d}-{tag}.log"
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        f"{WRK_TIMEOUT}s",
+        "-s",
+        str(LUA / script),
+        url,
+        "--",
+        *args,
+    ]
+    out = open(logfile, "w")
+    out.write(" ".join(cmd[: -len(args) or None]) + " -- <args>\n")
+    out.flush()
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    out.close()
+    _note_pid(proc.pid, f"wrk-{tag}")
+    return proc, logfile, time.monotonic() + duration + WRK_TIMEOUT + 30
+
+
+def finish_wrk(handle) -> dict:
+    proc, logfile, deadline = handle
+    rusage = None
+    while True:
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            break
+        if time.monotonic() > deadline:
+            log(f"wrk overran its time ({logfile.name}); stopping it")
+            stop_group(proc.pid, grace=2)
+            proc.returncode = -9
+            break
+        time.sleep(0.05)
+    _forget_pid(proc.pid)
+    text = logfile.read_text(errors="replace")
+    line = next((ln for ln in text.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no BENCH_JSON line (exit {proc.returncode}); see {logfile}:\n{text[-2000:]}")
+    result = json.loads(line[len("BENCH_JSON ") :])
+    nonok = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
+    result["non_2xx_3xx"] = int(nonok.group(1)) if nonok else 0
+    result["socket_errors"] = sum(result["errors"][k] for k in ("connect", "read", "write", "timeout"))
+    result["wrk_cpu_s"] = (rusage.ru_utime + rusage.ru_stime) if rusage else None
+    result["log"] = str(logfile.relative_to(OUT))
+    return result
+
+
+def run_wrk(url, script, args, conns, duration, tag) -> dict:
+    return finish_wrk(start_wrk(url, script, args, conns, duration, tag))
+
+
+def measured(srv: Server, fn) -> dict:
+    """Run ``fn`` (which runs wrk) while accounting the server's and the machine's CPU."""
+    s0, (b0, t0), w0 = srv.cpu(), machine_cpu(), time.monotonic()
+    result = fn()
+    s1, (b1, t1), w1 = srv.cpu(), machine_cpu(), time.monotonic()
+    wall = w1 - w0
+    machine_busy = (b1 - b0) / CLK_TCK  # cpu-seconds over all cores
+    server_cpu = s1 - s0
+    wrk_cpu = (result.get("wrk_cpu_s") or 0) + (result.get("storm_logins", {}).get("wrk_cpu_s") or 0)
+    extra = {
+        "wall_s": round(wall, 3),
+        "server_cpu_pct": round(100 * server_cpu / wall, 1),  # % of one core
+        "wrk_cpu_pct": round(100 * wrk_cpu / wall, 1),
+        # CPU used by anything else on the machine meanwhile (other users' jobs): noise.
+        "other_cpu_pct": round(100 * max(machine_busy - server_cpu - wrk_cpu, 0) / wall, 1),
+        "machine_cpu_pct": round(100 * (b1 - b0) / max(t1 - t0, 1) * NCPU, 1),
+    }
+    result.update(extra)
+    return result
+
+
+# -- scenarios --------------------------------------------------------------------
+
+
+class Case:
+    def __init__(self, scenario: str, server: Server, run, warm=None):
+        self.scenario, self.server, self.run, self.warm = scenario, server, run, warm
+        self.warmed = False
+
+
+def build_cases(srvs: dict[str, Server], cookies: dict[str, str], pools: dict[str, tuple[Path, Path]]):
+    cases = []
+
+    def protected(name: str, conns: int):
+        srv = srvs[name]
+
+        def run(duration: int, tag: str):
+            return run_wrk(f"{srv.url}/dashboard", "cookie_get.lua", [cookies[name], "200"], conns, duration, tag)
+
+        return run
+
+    def login_form(name: str):
+        srv = srvs[name]
+
+        def run(duration: int, tag: str):
+            return run_wrk(srv.url, "form_login.lua", [str(pools[name][0]), "302", "/login"], 32, duration, tag)
+
+        return run
+
+    def login_json(name: str):
+        srv = srvs[name]
+
+        def run(duration: int, tag: str):
+            args = [str(pools[name][1]), str(json_ok(name)), "/api/login"]
+            return run_wrk(srv.url, "json_login.lua", args, 32, duration, tag)
+
+        return run
+
+    def storm(name: str):
+        srv = srvs[name]
+
+        def run(duration: int, tag: str):
+            # The login loop starts first and ends last, so the whole dashboard window is under storm.
+            args = [str(pools[name][1]), str(json_ok(name)), "/api/login"]
+            bg = start_wrk(srv.url, "json_login.lua", args, 32, duration + 2, tag + "-logins")
+            time.sleep(1.0)
+            try:
+                dash = run_wrk(f"{srv.url}/dashboard", "cookie_get.lua", [cookies[name], "200"], 64, duration, tag)
+            finally:
+                logins = finish_wrk(bg)
+            dash["storm_logins"] = logins
+            return dash
+
+        return run
+
+    for scenario, maker in [
+        ("protected_64", lambda n: protected(n, 64)),
+        ("protected_512", lambda n: protected(n, 512)),
+        ("login_form", login_form),
+        ("login_json", login_json),
+        ("storm", storm),
+    ]:
+        for name in SERVERS:
+            cases.append(Case(scenario, srvs[name], maker(name), warm=scenario != "storm"))
+    return cases
+
+
+def run_cases(cases: list[Case], results: dict, phase: str) -> None:
+    scenarios = list(dict.fromkeys(c.scenario for c in cases))
+    for rep in range(REPEAT):
+        for scenario in scenarios:
+            group = [c for c in cases if c.scenario == scenario]
+            # Alternate: each repetition starts with a different server.
+            shift = rep % len(group)
+            for case in group[shift:] + group[:shift]:
+                srv = case.server
+                if case.warm and not case.warmed and WARMUP > 0:
+                    srv.quiesce()
+                    case.run(WARMUP, f"warmup-{scenario}-{srv.name}")
+                    case.warmed = True
+                log(f"{phase} rep {rep + 1}/{REPEAT}: {scenario} on {srv.name}")
+                attempts = []
+                for attempt in range(NOISE_RETRIES + 1):
+                    time.sleep(PAUSE)
+                    srv.quiesce()
+                    idle_before = wait_idle()
+                    tag = f"{case.scenario}-{srv.name}-r{rep + 1}" + (f"-retry{attempt}" if attempt else "")
+                    r = measured(srv, lambda case=case, tag=tag: case.run(DURATION, tag))
+                    r["machine_busy_before_pct"] = round(100 * idle_before * NCPU, 1)
+                    attempts.append(r)
+                    if r["other_cpu_pct"] <= NOISE_LIMIT or attempt == NOISE_RETRIES:
+                        break
+                    log(f"  (other processes used {r['other_cpu_pct']}% of a core meanwhile: measuring again)")
+                # Keep the least disturbed attempt; the others are kept for the record.
+                r = min(attempts, key=lambda a: a["other_cpu_pct"])
+                r["noise_retries"] = len(attempts) - 1
+                r["discarded_attempts"] = [
+                    {k: a[k] for k in ("rps", "p50_ms", "p99_ms", "other_cpu_pct", "log")}
+                    for a in attempts
+                    if a is not r
+                ]
+                results.setdefault(scenario, {}).setdefault(srv.name, {"runs": []})["runs"].append(r)
+                log(
+                    f"  -> {r['rps']:.1f}/s p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms"
+                    f" non2xx/3xx {r['non_2xx_3xx']} unexpected {r['unexpected']} sock {r['socket_errors']}"
+                    f" | server {r['server_cpu_pct']}% wrk {r['wrk_cpu_pct']}% other {r['other_cpu_pct']}%"
+                    + (f" | logins {r['storm_logins']['rps']:.1f}/s" if "storm_logins" in r else "")
+                )
+
+
+def summarize(results: dict) -> None:
+    for _scenario, per_server in results.items():
+        for _name, entry in per_server.items():
+            every = entry["runs"]
+            # Medians over the runs the rest of the machine left alone, if there are any.
+            runs = [r for r in every if r["other_cpu_pct"] <= NOISE_LIMIT] or every
+            entry["runs_in_median"] = len(runs)
+            med = lambda key, rs=runs: statistics.median(r[key] for r in rs)  # noqa: E731
+            entry["median"] = {
+                "rps": med("rps"),
+                "p50_ms": med("p50_ms"),
+                "p99_ms": med("p99_ms"),
+                "server_cpu_pct": med("server_cpu_pct"),
+                "wrk_cpu_pct": med("wrk_cpu_pct"),
+                "other_cpu_pct": max(r["other_cpu_pct"] for r in runs),
+                "other_cpu_pct_all_runs": max(r["other_cpu_pct"] for r in every),
+            }
+            # Errors count over every run kept, noisy or not.
+            entry["totals"] = {
+                "requests": sum(r["requests"] for r in every),
+                "non_2xx_3xx": sum(r["non_2xx_3xx"] for r in every),
+                "unexpected_status": sum(r["unexpected"] for r in every),
+                "socket_errors": sum(r["socket_errors"] for r in every),
+                "timeouts": sum(r["errors"]["timeout"] for r in every),
+                "statuses": _sum_statuses(every),
+            }
+            if runs and "storm_logins" in runs[0]:
+                logins = [r["storm_logins"] for r in runs]
+                entry["median"]["storm_logins_rps"] = statistics.median(x["rps"] for x in logins)
+                entry["median"]["storm_logins_p99_ms"] = statistics.median(x["p99_ms"] for x in logins)
+                every_login = [r["storm_logins"] for r in every]
+                entry["totals"]["storm_login_errors"] = sum(
+                    x["non_2xx_3xx"] + x["unexpected"] + x["socket_errors"] for x in every_login
+                )
+                entry["totals"]["storm_login_statuses"] = _sum_statuses(every_login)
+
+
+def _sum_statuses(runs) -> dict:
+    total: dict[str, int] = {}
+    for r in runs:
+        for code, n in r["statuses"].items():
+            total[code] = total.get(code, 0) + n
+    return total
+
+
+# -- machine and versions -----------------------------------------------------------
+
+
+def versions(python: Path, packages: list[str]) -> dict:
+    code = (
+        "import json,sys,importlib.metadata as m\n"
+        "out={'python':sys.version.split()[0]}\n"
+        f"for p in {packages!r}:\n"
+        "    try: out[p]=m.version(p)\n"
+        "    except Exception: out[p]=None\n"
+        "print(json.dumps(out))"
+    )
+    res = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
+    return json.loads(res.stdout) if res.returncode == 0 else {"error": res.stderr[-500:]}
+
+
+def machine_info() -> dict:
+    model = ""
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()
+    git = lambda *a: subprocess.run(["git", "-C", str(PORT_DIR), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return {
+        "nproc": NCPU,
+        "cpu_model": model,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+        "wrk": wrk_version[0].strip() if wrk_version else None,
+        "port_commit": git("rev-parse", "--short", "HEAD") or None,
+        "port_tree_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def hypercorn_settings() -> dict:
+    try:
+        import tomllib
+
+        with open(PORT_DIR / "hypercorn.toml", "rb") as fh:
+            return tomllib.load(fh)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": repr(exc)}
+
+
+# -- hash ceiling ------------------------------------------------------------------
+
+
+def hash_ceiling() -> dict:
+    out = {}
+    import resource
+
+    def _children_cpu() -> float:
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
+    for algo, python, cwd, env_extra in [
+        ("port", PORT_VENV / "bin" / "python", PORT_DIR, {"PYTHONPATH": str(PORT_DIR)}),
+        ("werkzeug", FLASK_VENV / "bin" / "python", BENCH, {}),
+    ]:
+        log(f"hash ceiling: {algo}")
+        cmd = [
+            str(python),
+            str(BENCH / "hash_ceiling.py"),
+            "--algo",
+            algo,
+            "--seconds",
+            str(HASH_SECONDS),
+            "--repeat",
+            str(REPEAT),
+            "--threads",
+            "1,2",
+            "--processes",
+            "2",
+        ]
+        env = {**os.environ, **env_extra}
+        for attempt in range(NOISE_RETRIES + 1):
+            wait_idle()
+            c0, (b0, _), w0 = _children_cpu(), machine_cpu(), time.monotonic()
+            res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+            c1, (b1, _), w1 = _children_cpu(), machine_cpu(), time.monotonic()
+            other = 100 * max((b1 - b0) / CLK_TCK - (c1 - c0), 0) / (w1 - w0)
+            if res.returncode != 0 or other <= NOISE_LIMIT or attempt == NOISE_RETRIES:
+                break
+            log(f"  (other processes used {other:.0f}% of a core meanwhile: measuring again)")
+        (RAW / f"hash-{algo}.log").write_text(res.stdout + res.stderr)
+        line = next((ln for ln in res.stdout.splitlines() if ln.startswith("HASH_JSON ")), None)
+        if res.returncode != 0 or line is None:
+            raise RuntimeError(f"hash_ceiling.py --algo {algo} failed:\n{res.stderr[-2000:]}")
+        out[algo] = json.loads(line[len("HASH_JSON ") :])
+        out[algo]["other_cpu_pct"] = round(other, 1)
+        out[algo]["noise_retries"] = attempt
+        log(
+            "  -> "
+            + ", ".join(f"{t} thread(s) {v['verifies_per_s']:.1f}/s" for t, v in out[algo]["threads"].items())
+            + ", "
+            + ", ".join(f"{t} process(es) {v['verifies_per_s']:.1f}/s" for t, v in out[algo]["processes"].items())
+        )
+    return out
+
+
+# -- main --------------------------------------------------------------------------
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> int:
+    RAW.mkdir(parents=True, exist_ok=True)
+    (RAW / "pids").write_text("")
+    WORK.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupted)
+    started = time.monotonic()
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    meta = {
+        "date": date,
+        "machine": machine_info(),
+        "versions": {
+            "port_venv": versions(
+                PORT_VENV / "bin" / "python",
+                ["quart", "hypercorn", "quart-auth", "sqlalchemy", "aiosqlite", "argon2-cffi", "uvloop", "werkzeug"],
+            ),
+            "flask_venv": versions(
+                FLASK_VENV / "bin" / "python",
+                ["flask", "flask-login", "flask-sqlalchemy", "sqlalchemy", "werkzeug", "gunicorn"],
+            ),
+        },
+        "config": {
+            "duration_s": DURATION,
+            "repeat": REPEAT,
+            "warmup_s": WARMUP,
+            "users": USERS,
+            "wrk": f"wrk -t1 --latency --timeout {WRK_TIMEOUT}s (one thread, Lua scripts in bench/lua)",
+            "hypercorn_toml": hypercorn_settings(),
+            "hypercorn_cmd": 'hypercorn -c hypercorn.toml --bind 127.0.0.1:PORT "quart_app:create_app()"',
+            "port_env": "QUART_APP_ENV=production QUART_APP_SECRET_KEY=<random> QUART_APP_DATABASE_URL=<temp sqlite> "
+            "QUART_APP_LOGIN_RATE_LIMIT=off",
+            "gunicorn_sync_cmd": f"gunicorn -w 2 --backlog {BACKLOG} app:app",
+            "gunicorn_gthread_cmd": f"gunicorn -w 2 -k gthread --threads 8 --backlog {BACKLOG} app:app",
+            "port_form_login": "real form POST /login with a csrf_token + quart_app_session pair per user "
+            "(fetched from GET /login up front, reused)",
+            "flask_form_login": "form POST /login (the seed has no CSRF)",
+            "dashboard_cookies": "the cookie jar of a browser after a form login and one dashboard visit",
+            "hash_seconds": HASH_SECONDS,
+            "idle_wait_s": IDLE_WAIT,
+            "noise_limit_pct": NOISE_LIMIT,
+            "noise_retries": NOISE_RETRIES,
+        },
+        "labels": LABELS,
+    }
+    log(f"machine: {NCPU} x {meta['machine']['cpu_model']}, load average {meta['machine']['loadavg_at_start']}")
+    log(f"{DURATION}s per measurement, {REPEAT} repetition(s), {WARMUP}s warm-up, {USERS} users")
+
+    results: dict = {}
+    servers: list[Server] = []
+    try:
+        # ---- main servers ------------------------------------------------------
+        port_db = WORK / "port.sqlite3"
+        flask_db = WORK / "flask.sqlite3"
+        for p in WORK.glob("*.sqlite3*"):
+            p.unlink()
+        port_env = {
+            **os.environ,
+            "PYTHONPATH": str(PORT_DIR),
+            "QUART_APP_ENV": "production",
+            "QUART_APP_SECRET_KEY": secrets.token_urlsafe(48),
+            "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{port_db}",
+            "QUART_APP_LOGIN_RATE_LIMIT": "off",
+        }
+        flask_env = {
+            **os.environ,
+            "FLASK_REF_DATABASE": str(flask_db),
+            "FLASK_REF_SECRET_KEY": secrets.token_urlsafe(48),
+        }
+        log("migrating the port's database (alembic upgrade head)")
+        res = subprocess.run(
+            [str(PORT_VENV / "bin" / "alembic"), "upgrade", "head"],
+            cwd=PORT_DIR,
+            env=port_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        (RAW / "alembic.log").write_text(res.stdout + res.stderr)
+        check(res.returncode == 0, f"alembic upgrade head failed:\n{res.stderr[-2000:]}")
+        log("creating the Flask reference's tables (db.create_all())")
+        res = subprocess.run(
+            [str(FLASK_VENV / "bin" / "python"), "app.py", "create-db"],
+            cwd=BENCH / "flask_ref",
+            env=flask_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        check(res.returncode == 0, f"flask create-db failed:\n{res.stderr[-2000:]}")
+
+        port = PORT_BASE
+        srvs: dict[str, Server] = {}
+        for name in SERVERS:
+            port = free_port(port)
+            if name == "port":
+                srvs[name] = Server(name, hypercorn_cmd(port, "quart_app:create_app()"), PORT_DIR, port_env, port)
+            elif name == "flask_sync":
+                srvs[name] = Server(name, gunicorn_cmd([], port, "app:app"), BENCH / "flask_ref", flask_env, port)
+            else:
+                extra = ["-k", "gthread", "--threads", "8"]
+                srvs[name] = Server(name, gunicorn_cmd(extra, port, "app:app"), BENCH / "flask_ref", flask_env, port)
+            port += 1
+        servers = list(srvs.values())
+        for srv in servers:
+            srv.start()
+        for srv in servers:
+            srv.wait_ready("/login")
+            log(f"{srv.name} up at {srv.url}")
+
+        log(f"registering {USERS} users through each app's own registration endpoint")
+        register_users(srvs["port"], "port")
+        register_users(srvs["flask_sync"], "flask")  # flask_gthread serves the same database
+        cookies, pools = {}, {}
+        for name, srv in srvs.items():
+            kind = "port" if name == "port" else "flask"
+            cookies[name] = cookie_header(browser_login(srv, kind))
+            pools[name] = write_pools(srv, kind)
+        meta["cookies"] = {name: sorted(k.split("=")[0] for k in c.split("; ")) for name, c in cookies.items()}
+
+        run_cases(build_cases(srvs, cookies, pools), results, "main")
+        for srv in servers:
+            srv.stop()
+        servers = []
+
+        # ---- floor ---------------------------------------------------------------
+        floor_dir = BENCH / "floor"
+        floor_specs = [
+            ("bare_asgi", lambda p: hypercorn_cmd(p, "bare_asgi:app"), {**os.environ, "PYTHONPATH": str(floor_dir)}),
+            ("bare_quart", lambda p: hypercorn_cmd(p, "bare_quart:app"), {**os.environ, "PYTHONPATH": str(floor_dir)}),
+            ("bare_flask_sync", lambda p: gunicorn_cmd([], p, "bare_flask:app"), dict(os.environ)),
+            (
+                "bare_flask_gthread",
+                lambda p: gunicorn_cmd(["-k", "gthread", "--threads", "8"], p, "bare_flask:app"),
+                dict(os.environ),
+            ),
+        ]
+        floor_servers = {}
+        port = PORT_BASE + 10
+        for name, cmd, env in floor_specs:
+            port = free_port(port)
+            floor_servers[name] = Server(name, cmd(port), floor_dir, env, port)
+            port += 1
+        servers = list(floor_servers.values())
+        for srv in servers:
+            srv.start()
+        for srv in servers:
+            srv.wait_ready("/")
+            status, _, body, _ = request(srv.port, "GET", "/")
+            check(status == 200 and body == "hello", f"{srv.name}: GET / -> {status} {body[:40]!r}")
+            log(f"{srv.name} up at {srv.url}")
+        floor_cases = []
+        for srv in floor_servers.values():
+
+            def run(duration, tag, srv=srv):
+                return run_wrk(f"{srv.url}/", "cookie_get.lua", ["", "200"], 64, duration, tag)
+
+            floor_cases.append(Case("floor_64", srv, run, warm=True))
+        run_cases(floor_cases, results, "floor")
+        for srv in servers:
+            srv.stop()
+        servers = []
+
+        # ---- hash ceiling ------------------------------------------------------
+        hashes = hash_ceiling()
+    finally:
+        for srv in servers:
+            srv.stop()
+        stop_all()
+
+    summarize(results)
+    meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    doc = {"meta": meta, "scenarios": results, "hash_ceiling": hashes}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "latest.json").write_text(json.dumps(doc, indent=1) + "\n")
+    log(f"wrote {OUT / 'latest.json'} ({meta['elapsed_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("interrupted; servers stopped")
+        sys.exit(130)

@@ -1,0 +1,425 @@
+"""Turn bench/results/latest.json into latest.md (tables) and latest.png (chart).
+
+    bench/.venv-harness/bin/python bench/report.py [bench/results/latest.json]
+
+The Markdown goes to stdout as well. Without matplotlib the chart is skipped
+(with a message) and the tables are still written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SERVERS = ["port", "flask_sync", "flask_gthread"]
+SHORT = {
+    "port": "Quart port",
+    "flask_sync": "Flask sync",
+    "flask_gthread": "Flask gthread",
+    "bare_asgi": "bare ASGI",
+    "bare_quart": "bare Quart",
+    "bare_flask_sync": "bare Flask sync",
+    "bare_flask_gthread": "bare Flask gthread",
+}
+COLORS = {"port": "#1f77b4", "flask_sync": "#d62728", "flask_gthread": "#ff7f0e"}
+SCENARIOS = [
+    ("protected_64", "protected: GET /dashboard, 64 conns", "req/s"),
+    ("protected_512", "protected: GET /dashboard, 512 conns", "req/s"),
+    ("login_form", "login: form POST /login, 32 conns", "logins/s"),
+    ("login_json", "login: JSON POST /api/login, 32 conns", "logins/s"),
+    ("storm", "storm: GET /dashboard at 64 conns during a JSON-login loop at 32", "req/s"),
+]
+NOISY_OTHER_CPU = 25.0  # % of one core used by other processes during a run (if latest.json does not say)
+
+
+def fmt(x, digits=1):
+    if x is None:
+        return "–"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def errors_cell(totals: dict) -> str:
+    parts = []
+    if totals["non_2xx_3xx"]:
+        parts.append(f"{totals['non_2xx_3xx']} non-2xx/3xx")
+    if totals["unexpected_status"]:
+        parts.append(f"{totals['unexpected_status']} unexpected status")
+    sock = totals["socket_errors"]
+    if sock:
+        parts.append(f"{sock} socket ({totals['timeouts']} timeouts)")
+    return ", ".join(parts) if parts else "0"
+
+
+def statuses(totals: dict) -> str:
+    return " ".join(f"{code}×{n}" for code, n in sorted(totals["statuses"].items()))
+
+
+def markdown(doc: dict) -> str:
+    meta, res, hashes = doc["meta"], doc["scenarios"], doc.get("hash_ceiling", {})
+    m, cfg = meta["machine"], meta["config"]
+    pv, fv = meta["versions"]["port_venv"], meta["versions"]["flask_venv"]
+    lines = []
+    w = lines.append
+    w("# Benchmark: the Quart port vs the sync Flask reference")
+    w("")
+    w(f"- **Date**: {meta['date']} (the run took {meta['elapsed_s']:.0f} s)")
+    w(
+        f"- **Machine**: {m['nproc']} × {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
+        f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}"
+    )
+    w(
+        f"- **Port** (commit {m.get('port_commit')}{' + uncommitted changes' if m.get('port_tree_dirty') else ''}): "
+        f"Python {pv.get('python')}, quart {pv.get('quart')}, hypercorn {pv.get('hypercorn')}, "
+        f"quart-auth {pv.get('quart-auth')}, SQLAlchemy {pv.get('sqlalchemy')}, aiosqlite {pv.get('aiosqlite')}, "
+        f"argon2-cffi {pv.get('argon2-cffi')}, uvloop {pv.get('uvloop')}"
+    )
+    w(
+        f"- **Flask reference** (`bench/flask_ref`): Python {fv.get('python')}, flask {fv.get('flask')}, "
+        f"flask-login {fv.get('flask-login')}, flask-sqlalchemy {fv.get('flask-sqlalchemy')}, "
+        f"SQLAlchemy {fv.get('sqlalchemy')}, werkzeug {fv.get('werkzeug')}, gunicorn {fv.get('gunicorn')}"
+    )
+    w(
+        f"- **Method**: `{cfg['wrk']}`, {m.get('wrk')}; each number is the median of {cfg['repeat']} "
+        f"measurements of {cfg['duration_s']} s, the servers alternating (each repetition starts with a "
+        f"different one), after a {cfg['warmup_s']} s warm-up; errors are summed over all repetitions. "
+        f"{cfg['users']} users pre-created through each app's own registration endpoint; SQLite files in a temp dir."
+    )
+    w(
+        f"- **Servers** (127.0.0.1 only): port: `{cfg['hypercorn_cmd']}` with the project's `hypercorn.toml` "
+        f"({', '.join(f'{k}={v}' for k, v in cfg['hypercorn_toml'].items() if k != 'bind')}) and "
+        f"`{cfg['port_env']}`; Flask: `{cfg['gunicorn_sync_cmd']}` and `{cfg['gunicorn_gthread_cmd']}`."
+    )
+    w(
+        f"- **Form login**: port: {cfg['port_form_login']}; Flask: {cfg['flask_form_login']}. "
+        f"JSON login: `POST /api/login` (`200` from the port, `201` from the seed's `Login` resource)."
+    )
+    w(
+        f"- **Protected page** cookies: {cfg['dashboard_cookies']} "
+        f"({'; '.join(f'{SHORT[k]}: ' + ', '.join(v) for k, v in meta.get('cookies', {}).items())})."
+    )
+    w("")
+    w("## Results")
+    w("")
+    w("| scenario | server | rate /s | p50 ms | p99 ms | errors | server CPU | wrk CPU |")
+    w("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |")
+    for key, title, unit in SCENARIOS:
+        for name in SERVERS:
+            e = res.get(key, {}).get(name)
+            if not e:
+                continue
+            md = e["median"]
+            w(
+                f"| {title} | {SHORT[name]} | {fmt(md['rps'])} {unit} | {fmt(md['p50_ms'])} | {fmt(md['p99_ms'])} "
+                f"| {errors_cell(e['totals'])} | {md['server_cpu_pct']:.0f}% | {md['wrk_cpu_pct']:.0f}% |"
+            )
+    for name, e in res.get("floor_64", {}).items():
+        md = e["median"]
+        w(
+            f'| floor: GET / "hello", 64 conns | {SHORT[name]} | {fmt(md["rps"])} req/s | {fmt(md["p50_ms"])} '
+            f"| {fmt(md['p99_ms'])} | {errors_cell(e['totals'])} | {md['server_cpu_pct']:.0f}% "
+            f"| {md['wrk_cpu_pct']:.0f}% |"
+        )
+    w("")
+    w(
+        "CPU columns are % of one core (the machine has "
+        f"{m['nproc']}): the server's processes, and wrk's own use. Errors: wrk's `Non-2xx or 3xx responses`, "
+        "responses with another status than the scenario's success status (e.g. a `302` to the login page "
+        "where `200` was due, or a form login answered `200` with the form again), and socket errors "
+        "(connect/read/write/timeout; a timed-out request has no latency in wrk's percentiles)."
+    )
+    w("")
+
+    # storm
+    w("## Storm: does hashing stall everything else?")
+    w("")
+    w(
+        "`GET /dashboard` at 64 connections, idle (the protected-64 row) and while a second wrk runs the JSON "
+        "login loop at 32 connections against the same server."
+    )
+    w("")
+    w(
+        "| server | idle req/s | storm req/s | kept | idle p50 ms | storm p50 ms | idle p99 ms | storm p99 ms "
+        "| logins/s during storm | login errors |"
+    )
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for name in SERVERS:
+        idle = res.get("protected_64", {}).get(name)
+        storm = res.get("storm", {}).get(name)
+        if not idle or not storm:
+            continue
+        i, s = idle["median"], storm["median"]
+        kept = 100 * s["rps"] / i["rps"] if i["rps"] else 0
+        w(
+            f"| {SHORT[name]} | {fmt(i['rps'])} | {fmt(s['rps'])} | {kept:.0f}% | {fmt(i['p50_ms'])} "
+            f"| {fmt(s['p50_ms'])} | {fmt(i['p99_ms'])} | {fmt(s['p99_ms'])} | {fmt(s.get('storm_logins_rps'))} "
+            f"| {storm['totals'].get('storm_login_errors', 0)} |"
+        )
+    w("")
+
+    # floor
+    floor = res.get("floor_64", {})
+    if floor:
+        w("## Floor: how much of its stack each app keeps")
+        w("")
+        w("| app | hello req/s (64 conns) | the app's `/dashboard` at 64 conns | dashboard / hello |")
+        w("| --- | ---: | ---: | ---: |")
+        pairs = [
+            ("bare_asgi", "port"),
+            ("bare_quart", "port"),
+            ("bare_flask_sync", "flask_sync"),
+            ("bare_flask_gthread", "flask_gthread"),
+        ]
+        for bare, app in pairs:
+            b = floor.get(bare)
+            a = res.get("protected_64", {}).get(app)
+            if not b or not a:
+                continue
+            ratio = 100 * a["median"]["rps"] / b["median"]["rps"] if b["median"]["rps"] else 0
+            w(
+                f"| {SHORT[bare]} vs {SHORT[app]} | {fmt(b['median']['rps'])} | {fmt(a['median']['rps'])} "
+                f"| {ratio:.0f}% |"
+            )
+        w("")
+
+    # hash ceiling
+    if hashes:
+        w("## Hash ceiling: verifications per second in-process (no HTTP)")
+        w("")
+        w("| hash | parameters | 1 thread /s | 2 threads /s | 2 processes /s | best logins/s seen over HTTP |")
+        w("| --- | --- | ---: | ---: | ---: | ---: |")
+        best = {
+            "port": [res.get(k, {}).get("port") for k in ("login_json", "login_form")],
+            "werkzeug": [
+                res.get(k, {}).get(n) for k in ("login_json", "login_form") for n in ("flask_sync", "flask_gthread")
+            ],
+        }
+        for algo, h in hashes.items():
+            params = h["params"]
+            if algo == "port":
+                desc = (
+                    f"port's argon2id `PasswordHasher._verify_sync`: m={params['memory_cost_kib']} KiB, "
+                    f"t={params['time_cost']}, p={params['parallelism']} (Settings() defaults)"
+                )
+            else:
+                desc = f"Werkzeug `check_password_hash`, default `{params['method']}` (the seed's)"
+            seen = [e["median"]["rps"] for e in best.get(algo, []) if e]
+            procs = h.get("processes", {}).get("2", {}).get("verifies_per_s")
+            w(
+                f"| {algo} | {desc} | {fmt(h['threads']['1']['verifies_per_s'])} | "
+                f"{fmt(h['threads']['2']['verifies_per_s'])} | {fmt(procs)} | {fmt(max(seen) if seen else None)} |"
+            )
+        w("")
+        w(
+            "The port hashes on a thread pool in each worker; the seed hashes in gunicorn's worker processes. "
+            "argon2-cffi and hashlib's scrypt both release the GIL, so 2 threads and 2 processes should agree; "
+            "2 is the machine's core count. The last column is the highest median login rate of the form and "
+            "JSON scenarios."
+        )
+        w("")
+
+    # notes
+    notes = []
+    retaken = 0
+    limit = cfg.get("noise_limit_pct", NOISY_OTHER_CPU)
+    for key, per in res.items():
+        for name, e in per.items():
+            t = e["totals"]
+            if t["non_2xx_3xx"] or t["unexpected_status"] or t["socket_errors"]:
+                notes.append(f"{key} / {SHORT.get(name, name)}: {errors_cell(t)}; statuses {statuses(t)}")
+            noisy = [r["other_cpu_pct"] for r in e["runs"] if r["other_cpu_pct"] > limit]
+            if noisy:
+                used = e.get("runs_in_median", len(e["runs"]))
+                verdict = (
+                    f"the median is over the {used} other run(s)"
+                    if used < len(e["runs"])
+                    else "no undisturbed run was had, so the median includes them: treat this row with care"
+                )
+                notes.append(
+                    f"{key} / {SHORT.get(name, name)}: other processes used up to {max(noisy):.0f}% of a core "
+                    f"during {len(noisy)} of {len(e['runs'])} runs; {verdict}"
+                )
+            retaken += sum(r.get("noise_retries", 0) for r in e["runs"])
+    if retaken:
+        notes.append(
+            f"{retaken} measurement(s) were taken again because other processes used more than {limit:.0f}% of a core "
+            "meanwhile (the least disturbed attempt was kept; see `discarded_attempts` in latest.json)"
+        )
+    for algo, h in hashes.items():
+        if h.get("other_cpu_pct", 0) > limit:
+            notes.append(f"hash ceiling / {algo}: other processes used {h['other_cpu_pct']:.0f}% of a core meanwhile")
+    if notes:
+        w("## Notes")
+        w("")
+        for n in notes:
+            w(f"- {n}")
+        w("")
+    w("Raw per-run numbers: `latest.json` (`scenarios.<scenario>.<server>.runs`); chart: `latest.png`.")
+    return "\n".join(lines) + "\n"
+
+
+def chart(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res, hashes, meta = doc["scenarios"], doc.get("hash_ceiling", {}), doc["meta"]
+    fig, axes = plt.subplots(2, 4, figsize=(20, 9.5))
+    axes = axes.flatten()
+
+    def bars(ax, keys_values, title, ylabel, colors, p99=None):
+        labels = [k for k, _ in keys_values]
+        values = [v or 0 for _, v in keys_values]
+        rects = ax.bar(range(len(values)), values, color=colors)
+        ax.set_xticks(range(len(values)), labels, rotation=30 if len(values) > 3 else 15, ha="right", fontsize=7.5)
+        ax.set_title(title, fontsize=9.5)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+        top = max(values) if values else 1
+        for i, r in enumerate(rects):
+            txt = fmt(values[i])
+            if p99 and p99[i] is not None:
+                txt += f"\np99 {fmt(p99[i])} ms"
+            ax.text(
+                r.get_x() + r.get_width() / 2, r.get_height() + top * 0.01, txt, ha="center", va="bottom", fontsize=7
+            )
+        ax.set_ylim(0, top * 1.25 if top else 1)
+
+    for ax, (key, title, unit) in zip(axes, SCENARIOS[:4], strict=False):
+        per = res.get(key, {})
+        names = [n for n in SERVERS if n in per]
+        bars(
+            ax,
+            [(SHORT[n], per[n]["median"]["rps"]) for n in names],
+            title,
+            unit,
+            [COLORS[n] for n in names],
+            [per[n]["median"]["p99_ms"] for n in names],
+        )
+
+    # storm: idle vs storm per server
+    ax = axes[4]
+    idle, storm = res.get("protected_64", {}), res.get("storm", {})
+    names = [n for n in SERVERS if n in idle and n in storm]
+    xs = range(len(names))
+    iv = [idle[n]["median"]["rps"] for n in names]
+    sv = [storm[n]["median"]["rps"] for n in names]
+    ax.bar([x - 0.2 for x in xs], iv, width=0.4, color=[COLORS[n] for n in names], alpha=0.45, label="idle")
+    ax.bar(
+        [x + 0.2 for x in xs], sv, width=0.4, color=[COLORS[n] for n in names], label="during login storm", hatch="//"
+    )
+    top = max(iv + sv) if names else 1
+    for x, n, a, b in zip(xs, names, iv, sv, strict=False):
+        ax.text(
+            x - 0.2,
+            a + top * 0.01,
+            f"{fmt(a)}\np99 {fmt(idle[n]['median']['p99_ms'])}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+        ax.text(
+            x + 0.2,
+            b + top * 0.01,
+            f"{fmt(b)}\np99 {fmt(storm[n]['median']['p99_ms'])}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    ax.set_ylim(0, top * 1.3)
+    ax.set_xticks(list(xs), [SHORT[n] for n in names], rotation=20, ha="right", fontsize=8)
+    ax.set_title("storm: GET /dashboard 64 conns, idle vs during JSON logins at 32", fontsize=9.5)
+    ax.set_ylabel("req/s (p99 ms above)", fontsize=8)
+    ax.legend(fontsize=7, loc="upper right")
+
+    # floor
+    ax = axes[5]
+    floor = res.get("floor_64", {})
+    items = []
+    for bare, app in [
+        ("bare_asgi", None),
+        ("bare_quart", None),
+        ("port", "port"),
+        ("bare_flask_sync", None),
+        ("flask_sync", "flask_sync"),
+        ("bare_flask_gthread", None),
+        ("flask_gthread", "flask_gthread"),
+    ]:
+        if app:
+            e = res.get("protected_64", {}).get(app)
+            if e:
+                items.append((SHORT[app] + " /dashboard", e["median"]["rps"], COLORS[app]))
+        elif bare in floor:
+            color = COLORS["port"] if "flask" not in bare else COLORS[bare.replace("bare_", "")]
+            items.append((SHORT[bare] + " hello", floor[bare]["median"]["rps"], color + "80"))
+    bars(
+        ax,
+        [(lab, v) for lab, v, _ in items],
+        "floor: hello vs the app's /dashboard, 64 conns",
+        "req/s",
+        [c for _, _, c in items],
+    )
+
+    # hash ceiling
+    ax = axes[6]
+    items = []
+    for algo, h in hashes.items():
+        color = COLORS["port"] if algo == "port" else COLORS["flask_sync"]
+        label = "argon2id (port)" if algo == "port" else f"{h['params']['method'].split(':')[0]} (seed)"
+        for t in ("1", "2"):
+            if t in h["threads"]:
+                items.append(
+                    (f"{label}, {t} thread{'s' if t != '1' else ''}", h["threads"][t]["verifies_per_s"], color)
+                )
+        if "2" in h.get("processes", {}):
+            items.append((f"{label}, 2 processes", h["processes"]["2"]["verifies_per_s"], color + "99"))
+    bars(
+        ax,
+        [(lab, v) for lab, v, _ in items],
+        "hash ceiling: verifies/s in-process",
+        "verifies/s",
+        [c for _, _, c in items],
+    )
+
+    # p99 overview (log scale)
+    ax = axes[7]
+    keys = [k for k, _, _ in SCENARIOS]
+    width = 0.27
+    for j, n in enumerate(SERVERS):
+        vals = [res.get(k, {}).get(n, {}).get("median", {}).get("p99_ms") or 0 for k in keys]
+        ax.bar([i + (j - 1) * width for i in range(len(keys))], vals, width=width, color=COLORS[n], label=SHORT[n])
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(keys)), [k.replace("_", "\n") for k in keys], fontsize=8)
+    ax.set_title("p99 latency per scenario (log scale, lower is better)", fontsize=9.5)
+    ax.set_ylabel("ms", fontsize=8)
+    ax.legend(fontsize=7)
+
+    m = meta["machine"]
+    fig.suptitle(
+        f"Quart port vs sync Flask reference — {meta['date']} — {m['nproc']} × {m['cpu_model']} — "
+        f"median of {meta['config']['repeat']} × {meta['config']['duration_s']} s, wrk -t1",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results" / "latest.json"
+    doc = json.loads(src.read_text())
+    md = markdown(doc)
+    src.with_suffix(".md").write_text(md)
+    try:
+        chart(doc, src.with_suffix(".png"))
+    except ImportError as exc:
+        print(f"(no chart: {exc}; pip install -r bench/requirements.txt)", file=sys.stderr)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
