@@ -355,6 +355,7 @@ async def test_pages_carry_security_headers(client):
     response = await client.get("/login")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "same-origin"
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     body = await text(response)
     assert "<script" not in body and "style=" not in body
