@@ -134,6 +134,13 @@ def get_db() -> AsyncSession:
     return session
 
 
+async def commit_pending() -> None:
+    """Commit this request's AsyncSession, if it was used (a no-op otherwise)."""
+    session = g.get("_db_session")
+    if session is not None:
+        await session.commit()
+
+
 async def run_unit(work: Callable[[Session], T]) -> T:
     """Run ``work(session)`` (sync SQLAlchemy code that commits what it changes) as one unit.
 

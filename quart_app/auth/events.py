@@ -49,18 +49,26 @@ SIGNALS = {
 }
 
 
-def audit(event: str, user: Any = None, *, detail: str | None = None, ip: str | None = None) -> None:
-    """Add the event to this request's transaction (the caller commits) and send its signal."""
-    user_id = getattr(user, "id", None)
+def event_row(event: str, user: Any = None, *, detail: str | None = None, ip: str | None = None) -> AuthEvent:
+    """The ``auth_events`` row for an event (not yet added to any session)."""
     if ip is None and has_request_context():
         ip = request.remote_addr
-    get_db().add(
-        AuthEvent(
-            created_at=utcnow(),
-            event=event,
-            user_id=user_id,
-            ip=(ip or "")[:45] or None,
-            detail=(detail or "")[:200] or None,
-        )
+    return AuthEvent(
+        created_at=utcnow(),
+        event=event,
+        user_id=getattr(user, "id", None),
+        ip=(ip or "")[:45] or None,
+        detail=(detail or "")[:200] or None,
     )
-    SIGNALS[event].send(current_app._get_current_object(), user=user, detail=detail, ip=ip)
+
+
+def send(row: AuthEvent, user: Any = None) -> None:
+    """Send the event's signal to subscribers."""
+    SIGNALS[row.event].send(current_app._get_current_object(), user=user, detail=row.detail, ip=row.ip)
+
+
+def audit(event: str, user: Any = None, *, detail: str | None = None, ip: str | None = None) -> None:
+    """Add the event to this request's transaction (the caller commits) and send its signal."""
+    row = event_row(event, user, detail=detail, ip=ip)
+    get_db().add(row)
+    send(row, user)

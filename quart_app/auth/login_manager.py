@@ -30,10 +30,11 @@ from werkzeug.local import LocalProxy
 
 from ..core.config import Settings
 from ..core.signing import SerializerCache
-from ..db import get_db
+from ..db import commit_pending, get_db
 from ..errors import HTTPError
 from . import sessions
-from .events import audit
+from .events import audit, event_row
+from .events import send as send_event
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -220,17 +221,21 @@ async def login_user(user: Any, remember: bool = False) -> None:
     """Start a server-side session for ``user`` and set its cookie on this response."""
     manager = _manager()
     assert manager._cookie is not None and manager._settings is not None
-    # Logging in again (or as someone else) replaces this browser's session.
-    if (previous := manager.session_token()) is not None:
-        await sessions.revoke(previous)
-    audit("login", user, detail="remember" if remember else None)
-    token = await sessions.start(  # commits the revocation and the event with the new row
+    # Whatever this request changed before (a registration, a new password)
+    # lands first; the login itself is then one unit of work.
+    await commit_pending()
+    event = event_row("login", user, detail="remember" if remember else None)
+    token = await sessions.start(
         user,
         remember=remember,
         ip=request.remote_addr,
         user_agent=request.headers.get("User-Agent"),
         settings=manager._settings,
+        # Logging in again (or as someone else) replaces this browser's session.
+        replaces=manager.session_token(),
+        event=event,
     )
+    send_event(event, user)
     action = Action.WRITE_PERMANENT if remember else Action.WRITE
     manager._cookie.login_user(AuthUser(token, action))
     g._login_user = user

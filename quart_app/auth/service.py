@@ -8,9 +8,10 @@ from typing import Any
 from quart import current_app, request
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from ..core.security import get_hasher
-from ..db import get_db
+from ..db import commit_pending, get_db, run_unit
 from ..errors import HTTPError
 from ..models import User
 from . import sessions
@@ -31,6 +32,15 @@ def _by_username_or_email(ident: str):
     return select(User).where(
         or_(func.lower(User.username) == func.lower(ident), func.lower(User.email) == func.lower(ident))
     )
+
+
+async def _find(ident: str) -> User | None:
+    def work(session: Session) -> User | None:
+        user = session.execute(_by_username_or_email(ident)).scalars().first()
+        session.commit()  # ends the read at once (on a server database, the request's session)
+        return user
+
+    return await run_unit(work)
 
 
 async def _taken_message(username: str, email: str) -> str | None:
@@ -87,9 +97,8 @@ async def register(data: Mapping[str, Any]) -> User:
 async def authenticate(data: Mapping[str, Any]) -> User:
     """Check the credentials (username or email) and log in; the same 401 for every failure."""
     creds = validate_credentials(data)
-    db = get_db()
     ident = creds.identifier
-    user = (await db.execute(_by_username_or_email(ident))).scalars().first()
+    user = await _find(ident)
     throttle: Throttle = current_app.extensions["quart_app.throttle"]
     keys = None
     if throttle.enabled:
@@ -98,14 +107,14 @@ async def authenticate(data: Mapping[str, Any]) -> User:
         keys = keys_for(f"user:{user.id}" if user else f"name:{ident.lower()}", request.remote_addr)
         if (wait := await throttle.retry_after(keys)) is not None:
             audit("throttled", user, detail=f"retry after {wait}s")
-            await db.commit()
+            await get_db().commit()
             raise HTTPError(
                 429,
                 f"Too many failed login attempts. Try again in {wait} seconds.",
                 headers={"Retry-After": str(wait)},
             )
     # No transaction stays open while the (slow) hash runs.
-    await db.commit()
+    await commit_pending()
 
     # An unknown user is verified against a dummy hash: same status, same
     # message and about the same time as a wrong password.
@@ -115,7 +124,7 @@ async def authenticate(data: Mapping[str, Any]) -> User:
         audit("login_failed", user, detail=reason)
         if keys is not None:
             await throttle.failed(keys)
-        await db.commit()
+        await get_db().commit()
         raise HTTPError(401, LOGIN_FAILED)
     if verdict.needs_rehash:
         await _upgrade_hash(user, creds.password)
@@ -184,10 +193,7 @@ async def revoke_other_sessions(user: User) -> int:
 
 async def find_user(username: str) -> User | None:
     """The user with this username or email, without regard to case."""
-    db = get_db()
-    user = (await db.execute(_by_username_or_email(username))).scalars().first()
-    await db.commit()
-    return user
+    return await _find(username)
 
 
 async def set_active(user: User, active: bool) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from ..core.config import Settings
 from ..core.security import new_session_token, token_digest
 from ..db import get_db, run_unit
-from ..models import AuthSession, User
+from ..models import AuthEvent, AuthSession, User
 
 
 def utcnow() -> datetime:
@@ -45,12 +45,21 @@ def _expiry(settings: Settings, *, remember: bool, created_at: datetime, now: da
 
 
 async def start(
-    user: User, *, remember: bool, ip: str | None, user_agent: str | None, settings: Settings
+    user: User,
+    *,
+    remember: bool,
+    ip: str | None,
+    user_agent: str | None,
+    settings: Settings,
+    replaces: str | None = None,
+    event: AuthEvent | None = None,
 ) -> str:
-    """Store a new session for ``user``; returns the secret for the cookie (never stored)."""
+    """Store a new session for ``user`` (and ``event``, ending session ``replaces``) in one unit of work.
+
+    Returns the secret for the cookie; the database keeps only its digest.
+    """
     token = new_session_token()
     now = utcnow()
-    db = get_db()
     row = AuthSession(
         token_hash=token_digest(token),
         user_id=user.id,
@@ -61,9 +70,18 @@ async def start(
         ip=(ip or "")[:45] or None,
         user_agent=(user_agent or "")[:256] or None,
     )
-    db.add(row)
-    await db.commit()
-    g._auth_session = CurrentSession(row.id, row.created_at, row.remember)
+
+    def work(session: Session) -> int:
+        if replaces is not None:
+            session.execute(delete(AuthSession).where(AuthSession.token_hash == token_digest(replaces)))
+        if event is not None:
+            session.add(event)
+        session.add(row)
+        session.commit()
+        return row.id
+
+    session_id = await run_unit(work)
+    g._auth_session = CurrentSession(session_id, now, remember)
     return token
 
 
