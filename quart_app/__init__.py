@@ -19,6 +19,7 @@ from .core.security import PasswordHasher
 from .core.signing import CachedSessionInterface
 from .db import Database
 from .errors import register_error_handlers
+from .live import bp as live_bp
 from .pages.views import bp as pages_bp
 
 __all__ = ["create_app"]
@@ -58,6 +59,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     register_error_handlers(app)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(live_bp)
     _drop_sync_blueprint_context_processors(app)
     app.after_request(_security_headers)
     register_cli(app)

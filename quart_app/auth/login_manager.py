@@ -285,3 +285,10 @@ def fresh_login_required(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitab
         return await current_app.ensure_async(func)(*args, **kwargs)
 
     return wrapper
+
+
+def session_secret() -> str | None:
+    """The secret of this request's (or websocket's) live session, if it has one."""
+    if has_request_context() or has_websocket_context():
+        return g.get("_session_secret")
+    return None

@@ -200,3 +200,15 @@ def describe(row: AuthSession) -> dict[str, object]:
         "user_agent": row.user_agent,
         "current": current is not None and current.id == row.id,
     }
+
+
+async def is_live(token: str) -> bool:
+    """Whether this session still opens (not revoked, expired or deactivated), without touching it."""
+    digest, now = token_digest(token), utcnow()
+
+    def work(session: Session) -> bool:
+        found = session.execute(_RESOLVE, {"digest": digest, "now": now}).first() is not None
+        session.commit()
+        return found
+
+    return await run_unit(work)

@@ -60,6 +60,8 @@ class Settings:
     LOGIN_BACKOFF_MAX: int = 15 * 60
     # fresh_login_required: a session older than this must re-enter the password.
     FRESH_LOGIN_WINDOW: int = 15 * 60
+    # /ws/session re-checks its session this often (seconds).
+    WS_POLL_INTERVAL: float = 2.0
     REFRESH_VIEW: str = "pages.reauthenticate"
     NEEDS_REFRESH_MESSAGE: str = "Please reauthenticate to access this page."
     LOGIN_VIEW: str = "pages.login"

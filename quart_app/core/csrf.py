@@ -24,7 +24,7 @@ FORM_FIELD = "csrf_token"
 
 
 def _expected_token() -> str | None:
-    secret = g.get("_session_secret")  # set by the login manager for a live session
+    secret = g.get("_session_secret")  # set by the login manager for a live session (session_secret())
     if secret is not None:
         key = current_app.secret_key
         key = key.encode() if isinstance(key, str) else key

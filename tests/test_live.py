@@ -1,0 +1,113 @@
+"""The live session WebSocket: hello for a live session, then "revoked" and 1008 when it ends anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import auth_cookie, client_with_cookie, db_write, register_api
+from quart.testing.connections import WebsocketDisconnectError
+
+PASSWORD = "correct horse battery"
+POLICY_VIOLATION = 1008
+
+
+@pytest.fixture
+async def app(make_app):
+    app = make_app(WS_POLL_INTERVAL=0.05)
+    async with app.test_app():
+        yield app
+
+
+# "Within a few seconds" of the contract; the test app polls every 0.05 s.
+WAIT = 3.0
+
+
+async def next_event(ws):
+    return await asyncio.wait_for(ws.receive_json(), WAIT)
+
+
+async def closed_with(ws) -> int:
+    with pytest.raises(WebsocketDisconnectError) as closed:
+        await asyncio.wait_for(ws.receive(), WAIT)
+    return closed.value.args[0]
+
+
+async def test_anonymous_client_is_closed_with_1008(app):
+    """No session: the socket is closed with 1008 at once."""
+    async with app.test_client().websocket("/ws/session") as ws:
+        assert await closed_with(ws) == POLICY_VIOLATION
+
+
+async def test_logged_in_client_gets_hello_with_its_username(app):
+    """A live session is greeted with its username and the socket stays open."""
+    client = app.test_client()
+    await register_api(client, "alice")
+    async with client.websocket("/ws/session") as ws:
+        assert await next_event(ws) == {"event": "hello", "username": "alice"}
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.receive(), 0.3)
+
+
+async def revoked_after(app, action) -> tuple[dict, int]:
+    """Connect as alice, run ``action(app, cookie)``, and return what the socket said and its close code."""
+    client = app.test_client()
+    await register_api(client, "alice")
+    cookie = auth_cookie(client)
+    async with client.websocket("/ws/session") as ws:
+        assert (await next_event(ws))["event"] == "hello"
+        await action(app, cookie)
+        return await next_event(ws), await closed_with(ws)
+
+
+async def logout_in_another_tab(app, cookie):
+    assert (await client_with_cookie(app, cookie).post("/api/logout")).status_code == 204
+
+
+async def change_password_elsewhere(app, cookie):
+    other = app.test_client()
+    await other.post("/api/login", json={"username": "alice", "password": PASSWORD})
+    response = await other.post("/api/password", json={"current_password": PASSWORD, "new_password": "n3w password!"})
+    assert response.status_code == 204
+
+
+async def revoke_from_another_device(app, cookie):
+    other = app.test_client()
+    await other.post("/api/login", json={"username": "alice", "password": PASSWORD})
+    assert (await other.post("/api/sessions/revoke-others")).status_code == 204
+
+
+async def deactivate(app, cookie):
+    url = app.extensions["quart_app.settings"].DATABASE_URL
+    db_write(url.split("///", 1)[1], "UPDATE users SET is_active = 0")
+
+
+@pytest.mark.parametrize(
+    "action", [logout_in_another_tab, change_password_elsewhere, revoke_from_another_device, deactivate]
+)
+async def test_session_end_is_pushed_and_the_socket_closed(app, action):
+    """Logout elsewhere, password change, revocation, deactivation: {"event": "revoked"}, then 1008."""
+    event, code = await revoked_after(app, action)
+    assert event == {"event": "revoked"}
+    assert code == POLICY_VIOLATION
+
+
+async def test_a_revoked_cookie_cannot_connect(app):
+    """A cookie captured before logout opens no socket."""
+    client = app.test_client()
+    await register_api(client, "alice")
+    cookie = auth_cookie(client)
+    await client.post("/api/logout")
+    async with client_with_cookie(app, cookie).websocket("/ws/session") as ws:
+        assert await closed_with(ws) == POLICY_VIOLATION
+
+
+async def test_logged_in_pages_load_the_live_session_script(app):
+    """Pages of a logged-in user load /static/session.js and carry the hidden 'session ended' notice."""
+    client = app.test_client()
+    await register_api(client, "alice")
+    body = await (await client.get("/dashboard")).get_data(as_text=True)
+    assert 'src="/static/session.js"' in body
+    assert 'id="session-ended"' in body and "hidden" in body
+    script = await client.get("/static/session.js")
+    assert script.status_code == 200 and "/ws/session" in await script.get_data(as_text=True)
