@@ -54,7 +54,10 @@ class Server:
 
     def worker_of(self, response: httpx.Response) -> int:
         """The worker process whose socket carries ``response``'s (still open) connection (Linux)."""
-        client_port = response.extensions["network_stream"].get_extra_info("client_addr")[1]
+        return self.worker_of_port(response.extensions["network_stream"].get_extra_info("client_addr")[1])
+
+    def worker_of_port(self, client_port: int) -> int:
+        """The worker process holding the far end of our connection from ``client_port`` (Linux)."""
         inode = None
         for line in PROC_NET_TCP.read_text().splitlines()[1:]:
             fields = line.split()
