@@ -38,6 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     app = Quart(__name__, instance_path=str(INSTANCE_PATH))
     app.config.update(
         SECRET_KEY=settings.SECRET_KEY,
+        SECRET_KEY_FALLBACKS=settings.secret_key_fallbacks,
         MAX_CONTENT_LENGTH=settings.MAX_CONTENT_LENGTH,
         TESTING=settings.ENV == "testing",
         # Quart's own session cookie carries the CSRF token and flash messages.

@@ -357,3 +357,23 @@ async def test_no_request_hook_runs_on_a_thread(app):
     ]
     sync = [getattr(f, "__qualname__", repr(f)) for f in hooks if not inspect.iscoroutinefunction(f)]
     assert sync == []
+
+
+async def test_secret_key_rotation_keeps_sessions_signed_with_a_fallback_key(make_app):
+    """A cookie signed with the previous key still works when that key is listed in SECRET_KEY_FALLBACKS."""
+    old_key, new_key = "old-secret-" + "o" * 40, "new-secret-" + "n" * 40
+    before = make_app(SECRET_KEY=old_key)
+    async with before.test_app():
+        first = before.test_client()
+        await register_api(first, "alice")
+        cookie = auth_cookie(first)
+    rotated = make_app(SECRET_KEY=new_key, SECRET_KEY_FALLBACKS=old_key)
+    async with rotated.test_app():
+        assert (await client_with_cookie(rotated, cookie).get("/api/me")).status_code == 200
+        fresh = rotated.test_client()
+        await fresh.post("/api/login", json={"username": "alice", "password": PASSWORD})
+        new_cookie = auth_cookie(fresh)
+    dropped = make_app(SECRET_KEY=new_key)
+    async with dropped.test_app():
+        assert (await client_with_cookie(dropped, cookie).get("/api/me")).status_code == 401
+        assert (await client_with_cookie(dropped, new_cookie).get("/api/me")).status_code == 200

@@ -29,6 +29,9 @@ class Settings:
 
     ENV: str = "production"
     SECRET_KEY: str = ""
+    # Earlier keys, comma-separated, still accepted on cookies while they
+    # expire (key rotation: the new key signs, these only verify).
+    SECRET_KEY_FALLBACKS: str = ""
     DATABASE_URL: str = ""
     COOKIE_SECURE: bool = False
     # Flask-Login's REMEMBER_COOKIE_DURATION: lifetime of a remember-me session.
@@ -75,6 +78,10 @@ class Settings:
     @property
     def is_production(self) -> bool:
         return self.ENV == "production"
+
+    @property
+    def secret_key_fallbacks(self) -> list[str]:
+        return [key.strip() for key in self.SECRET_KEY_FALLBACKS.split(",") if key.strip()]
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:
@@ -136,6 +143,8 @@ def load_settings(
         settings = replace(settings, SECRET_KEY=key)
     elif settings.is_production and len(settings.SECRET_KEY) < 32:
         raise ConfigError(f"{PREFIX}SECRET_KEY is too short for production (need 32+ characters)")
+    if settings.is_production and any(len(key) < 32 for key in settings.secret_key_fallbacks):
+        raise ConfigError(f"{PREFIX}SECRET_KEY_FALLBACKS holds a key too short for production")
     if settings.SESSION_IDLE_TIMEOUT > settings.SESSION_ABSOLUTE_TIMEOUT:
         raise ConfigError(
             f"{PREFIX}SESSION_IDLE_TIMEOUT must not exceed {PREFIX}SESSION_ABSOLUTE_TIMEOUT"
