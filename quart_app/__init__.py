@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask.templating import _default_template_ctx_processor as flask_default_context_processor
+from hypercorn.middleware import ProxyFixMiddleware
 from quart import Quart, Response, request
 
 from . import auth
@@ -64,6 +65,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     _drop_sync_blueprint_context_processors(app)
     app.after_request(_security_headers)
     register_cli(app)
+    if settings.PROXY_HOPS:
+        app.asgi_app = ProxyFixMiddleware(app.asgi_app, mode="legacy", trusted_hops=settings.PROXY_HOPS)
     return app
 
 

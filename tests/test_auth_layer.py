@@ -377,3 +377,19 @@ async def test_secret_key_rotation_keeps_sessions_signed_with_a_fallback_key(mak
     async with dropped.test_app():
         assert (await client_with_cookie(dropped, cookie).get("/api/me")).status_code == 401
         assert (await client_with_cookie(dropped, new_cookie).get("/api/me")).status_code == 200
+
+
+async def test_behind_a_trusted_proxy_the_client_ip_is_the_forwarded_one(make_app, db_path):
+    """PROXY_HOPS=1: sessions (and so the throttle and audit trail) see X-Forwarded-For's client, not the proxy."""
+    for hops, username, expected in ((0, "alice", "10.0.0.9"), (1, "bob", "203.0.113.7")):
+        app = make_app(PROXY_HOPS=hops)
+        async with app.test_app():
+            response = await app.test_client().post(
+                "/api/register",
+                json={"username": username, "email": f"{username}@example.com", "password": PASSWORD},
+                headers={"X-Forwarded-For": "203.0.113.7"},
+                scope_base={"client": ("10.0.0.9", 40000)},
+            )
+            assert response.status_code == 201, await response.get_data(as_text=True)
+        sql = "SELECT s.ip FROM auth_sessions s JOIN users u ON u.id = s.user_id WHERE u.username = ?"
+        assert db_rows(db_path, sql, username) == [(expected,)]

@@ -209,7 +209,10 @@ async def test_full_hash_queue_answers_503_at_once_and_pages_keep_answering(make
         hasher._verify_sync = blocked
         try:
             queued = [asyncio.create_task(attempt(app, password=PASSWORD)) for _ in range(2)]
-            await asyncio.sleep(0.05)
+            for _ in range(500):  # until both wait on the (blocked) hash pool: 5 s at most
+                if hasher.pending == 2:
+                    break
+                await asyncio.sleep(0.01)
             assert hasher.pending == 2
             refused = await attempt(app, password=PASSWORD)
             assert refused.status_code == 503

@@ -15,6 +15,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_PATH = PROJECT_ROOT / "instance"
 
 
+# Numbers that may be 0 (every other one must be positive).
+_ZERO_ALLOWED = frozenset({"PROXY_HOPS"})
+
+
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the app refuses to start."""
 
@@ -34,6 +38,10 @@ class Settings:
     SECRET_KEY_FALLBACKS: str = ""
     DATABASE_URL: str = ""
     COOKIE_SECURE: bool = False
+    # Reverse proxies in front of the app whose X-Forwarded-For/-Proto/-Host
+    # are trusted (0: none, the peer address is the client). The throttle and
+    # the audit trail need the real client IP.
+    PROXY_HOPS: int = 0
     # Flask-Login's REMEMBER_COOKIE_DURATION: lifetime of a remember-me session.
     REMEMBER_COOKIE_DURATION: int = 30 * 24 * 3600
     # A plain (non-remember) login dies after this much inactivity...
@@ -99,7 +107,7 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
             value = kind(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{PREFIX}{name} must be a number (got {raw!r})") from None
-        if value <= 0:
+        if value < 0 or (value == 0 and name not in _ZERO_ALLOWED):
             raise ConfigError(f"{PREFIX}{name} must be positive (got {raw!r})")
         return value
     return str(raw)
