@@ -39,9 +39,9 @@ async def session_channel() -> None:
 
     reader = asyncio.ensure_future(drain())
     try:
-        while not reader.done():
+        while True:
             done, _ = await asyncio.wait({reader}, timeout=interval)
-            if done:
+            if done:  # the client went away
                 return
             if not await sessions.is_live(token):
                 await websocket.send_json({"event": "revoked"})
