@@ -1,4 +1,4 @@
-"""Fixtures: a fresh app per test on its own SQLite file, migrated by Alembic."""
+"""Fixtures: a fresh app per test on its own database (SQLite file, or PostgreSQL: see backends.py), migrated by Alembic."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import os
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backends import Backend, TestDatabase, sqlite_url  # noqa: F401 (sqlite_url: for tests that make files)
 
 from quart_app import create_app
 
@@ -24,20 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST_HASHING = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
+def db_rows(database: TestDatabase, sql: str, *params) -> list[tuple]:
+    """Read the app's database directly (what is really stored); ``?`` placeholders."""
+    return database.rows(sql, *params)
 
 
-def db_rows(db_path, sql: str, *params) -> list[tuple]:
-    """Read the app's SQLite file directly (what is really stored)."""
-    with closing(sqlite3.connect(db_path)) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def db_write(db_path, sql: str, *params) -> None:
-    """Change the app's SQLite file directly (to age a session, say)."""
-    with closing(sqlite3.connect(db_path)) as conn, conn:
-        conn.execute(sql, params)
+def db_write(database: TestDatabase, sql: str, *params) -> None:
+    """Change the app's database directly (to age a session, say); ``?`` placeholders."""
+    database.write(sql, *params)
 
 
 def alembic(*args: str, url: str) -> subprocess.CompletedProcess:
@@ -53,25 +47,67 @@ def alembic(*args: str, url: str) -> subprocess.CompletedProcess:
     )
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--database-url",
+        default=os.environ.get("QUART_APP_TEST_DATABASE_URL"),
+        help="run the suite on this PostgreSQL server (postgresql+asyncpg://user@host:port/maintenance_db) "
+        "instead of SQLite; default: $QUART_APP_TEST_DATABASE_URL",
+    )
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(reason): the test is about SQLite itself (files, PRAGMAs)")
+    config.addinivalue_line("markers", "postgresql_only(reason): the test needs a PostgreSQL server")
+
+
+def pytest_report_header(config) -> str:
+    url = config.getoption("--database-url")
+    return f"database backend: {'postgresql (' + url + ')' if url else 'sqlite'}"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    on_postgresql = bool(config.getoption("--database-url"))
+    other, here = ("sqlite_only", "PostgreSQL") if on_postgresql else ("postgresql_only", "SQLite")
+    for item in items:
+        marker = item.get_closest_marker(other)
+        if marker is not None:
+            why = marker.args[0] if marker.args else other
+            item.add_marker(pytest.mark.skip(reason=f"not run on {here}: {why}"))
+
+
 @pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory) -> Path:
+def backend(request) -> Iterator[Backend]:
+    """Where the suite's databases live: SQLite files, or databases on the PostgreSQL server named."""
+    backend = Backend(request.config.getoption("--database-url"))
+    try:
+        yield backend
+    finally:
+        backend.drop_all()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(backend, tmp_path_factory) -> TestDatabase:
     """One database migrated to head; each test gets a copy of it."""
-    path = tmp_path_factory.mktemp("template") / "template.db"
-    alembic("upgrade", "head", url=sqlite_url(path))
-    return path
+    template = backend.create(tmp_path_factory.mktemp("template"))
+    alembic("upgrade", "head", url=template.url)
+    return template
 
 
 @pytest.fixture
-def db_path(tmp_path, migrated_template) -> Path:
-    path = tmp_path / "app.db"
-    shutil.copy(migrated_template, path)
-    return path
+def database(backend, tmp_path, migrated_template) -> Iterator[TestDatabase]:
+    """This test's own database, migrated to head."""
+    database = backend.create(tmp_path, migrated_template)
+    try:
+        yield database
+    finally:
+        backend.drop(database)
 
 
 @pytest.fixture
-def make_app(db_path):
+def make_app(database):
     def factory(**overrides):
-        config = {"ENV": "testing", "DATABASE_URL": sqlite_url(db_path), **FAST_HASHING, **overrides}
+        config = {"ENV": "testing", "DATABASE_URL": database.url, **FAST_HASHING, **overrides}
         return create_app(config)
 
     return factory

@@ -11,11 +11,11 @@ import asyncio
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, sqlite_url
+from backends import TestDatabase
+from conftest import ROOT
 from hypercorn.config import Config
 
 HYPERCORN = Path(sys.executable).with_name("hypercorn")
@@ -45,7 +46,7 @@ class Server:
     port: int
     process: subprocess.Popen
     log_path: Path
-    db: Path | None = None
+    db: TestDatabase | None = None
     env: dict[str, str] = field(default_factory=dict)
     worker_pids: frozenset[int] = frozenset()
 
@@ -103,7 +104,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_env(db: Path, settings: dict[str, object], *, secret_key: str | None = None) -> dict[str, str]:
+def server_env(db: TestDatabase, settings: dict[str, object], *, secret_key: str | None = None) -> dict[str, str]:
     """The environment of a server on ``db``: ours minus any QUART_APP_*, then testing settings and ``settings``."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("QUART_APP_")}
     env.update(
@@ -111,7 +112,7 @@ def server_env(db: Path, settings: dict[str, object], *, secret_key: str | None 
         # One key for every worker: each would otherwise draw its own, and a
         # cookie signed by one worker would be refused by the other.
         QUART_APP_SECRET_KEY=secret_key or secrets.token_urlsafe(48),
-        QUART_APP_DATABASE_URL=sqlite_url(db),
+        QUART_APP_DATABASE_URL=db.url,
     )
     env.update({f"QUART_APP_{name}": str(value) for name, value in settings.items()})
     return env
@@ -158,7 +159,7 @@ def wait_until_serving(server: Server, workers: int) -> Server:
 
 
 def launch(
-    db: Path,
+    db: TestDatabase,
     settings: dict[str, object] | None = None,
     *,
     workers: int | None = None,
@@ -176,7 +177,7 @@ def launch(
     if workers is None:
         workers = Config.from_toml(ROOT / "hypercorn.toml").workers
     port = port or free_port()
-    log_path = log_path or db.parent / f"hypercorn-{port}.log"
+    log_path = log_path or Path(tempfile.mkdtemp(prefix="hypercorn-")) / f"hypercorn-{port}.log"
     env = server_env(db, settings or {}, secret_key=secret_key)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -197,7 +198,7 @@ def launch(
 
 
 @contextmanager
-def serving(db: Path, settings: dict[str, object] | None = None, **options) -> Iterator[Server]:
+def serving(db: TestDatabase, settings: dict[str, object] | None = None, **options) -> Iterator[Server]:
     """``launch`` as a context manager: the server is stopped (SIGTERM, then SIGKILL) on the way out."""
     server = launch(db, settings, **options)
     try:
@@ -207,7 +208,7 @@ def serving(db: Path, settings: dict[str, object] | None = None, **options) -> I
 
 
 @asynccontextmanager
-async def serving_off_loop(db: Path, settings: dict[str, object] | None = None, **options) -> AsyncIterator[Server]:
+async def serving_off_loop(db: TestDatabase, settings: dict[str, object] | None = None, **options) -> AsyncIterator[Server]:
     """``serving`` for async tests: the blocking start and stop run in a thread, off the event loop."""
     server = await asyncio.to_thread(launch, db, settings, **options)
     try:
@@ -217,13 +218,15 @@ async def serving_off_loop(db: Path, settings: dict[str, object] | None = None, 
 
 
 def start_server(
-    directory: Path, template: Path, settings: dict[str, object], *, workers: int | None = None
+    directory: Path, template: TestDatabase, settings: dict[str, object], *, workers: int | None = None
 ) -> Iterator[Server]:
     """For fixtures: serve a copy of ``template`` (in ``directory``) while the generator is suspended."""
-    db = directory / "app.db"
-    shutil.copy(template, db)
-    with serving(db, settings, workers=workers, log_path=directory / "hypercorn.log") as server:
-        yield server
+    db = template.clone(directory)
+    try:
+        with serving(db, settings, workers=workers, log_path=directory / "hypercorn.log") as server:
+            yield server
+    finally:
+        db.drop()
 
 
 async def run_cli(server: Server, *args: str) -> tuple[int, str]:

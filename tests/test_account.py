@@ -51,12 +51,12 @@ async def test_account_lists_sessions_with_this_one_marked(app):
 # -- password change ---------------------------------------------------------
 
 
-async def test_password_change_with_wrong_current_password_is_400_and_changes_nothing(app, db_path):
+async def test_password_change_with_wrong_current_password_is_400_and_changes_nothing(app, database):
     """Wrong current password: 400, the hash unchanged, the other sessions alive."""
     first = app.test_client()
     await register_api(first, "alice")
     client = await login_api(app)
-    before = rows(db_path, "SELECT password_hash FROM users")
+    before = rows(database, "SELECT password_hash FROM users")
     token = await csrf_from(client, "/account")
     response = await client.post(
         "/account/password",
@@ -64,11 +64,11 @@ async def test_password_change_with_wrong_current_password_is_400_and_changes_no
     )
     assert response.status_code == 400
     assert "Current password is incorrect." in await response.get_data(as_text=True)
-    assert rows(db_path, "SELECT password_hash FROM users") == before
+    assert rows(database, "SELECT password_hash FROM users") == before
     assert (await first.get("/api/me")).status_code == 200
 
 
-async def test_password_change_revokes_others_keeps_this_one_with_a_new_cookie(app, db_path):
+async def test_password_change_revokes_others_keeps_this_one_with_a_new_cookie(app, database):
     """Success: 302 to /account; others dead, this browser logged in on a new secret, old cookie dead."""
     other = app.test_client()
     await register_api(other, "alice")
@@ -84,7 +84,7 @@ async def test_password_change_revokes_others_keeps_this_one_with_a_new_cookie(a
     assert auth_cookie(client) != old_cookie
     assert (await client_with_cookie(app, old_cookie).get("/api/me")).status_code == 401
     assert (await other.get("/api/me")).status_code == 401
-    assert rows(db_path, "SELECT count(*) FROM auth_sessions") == [(1,)]
+    assert rows(database, "SELECT count(*) FROM auth_sessions") == [(1,)]
     # The new password works, the old one does not.
     old = await app.test_client().post("/api/login", json={"username": "alice", "password": PASSWORD})
     assert old.status_code == 401
@@ -161,7 +161,7 @@ async def test_api_delete_own_current_session_logs_out(app):
     assert (await client.get("/api/me")).status_code == 401
 
 
-async def test_api_revoke_others_keeps_only_this_session(app, db_path):
+async def test_api_revoke_others_keeps_only_this_session(app, database):
     """POST /api/sessions/revoke-others: 204, every other session dead, this one alive."""
     others = [app.test_client() for _ in range(3)]
     await register_api(others[0], "alice")
@@ -172,7 +172,7 @@ async def test_api_revoke_others_keeps_only_this_session(app, db_path):
     for c in others:
         assert (await c.get("/api/me")).status_code == 401
     assert (await client.get("/api/me")).status_code == 200
-    assert rows(db_path, "SELECT count(*) FROM auth_sessions") == [(1,)]
+    assert rows(database, "SELECT count(*) FROM auth_sessions") == [(1,)]
 
 
 async def test_html_revoke_one_and_revoke_others(app):

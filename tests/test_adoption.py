@@ -23,6 +23,10 @@ from werkzeug.security import generate_password_hash
 
 from quart_app import create_app
 
+# These tests build SQLite files of their own (the Flask app's default store);
+# the PostgreSQL adoption path is in test_postgresql.py.
+pytestmark = pytest.mark.sqlite_only("builds and inspects its own SQLite files")
+
 # The newest revision, whatever later revisions add after port_sessions.
 HEAD = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
 
@@ -304,28 +308,28 @@ def test_fresh_schema_matches_adopted_schema(tmp_path, adopted):
     )
 
 
-async def test_weaker_argon2_hash_is_rehashed_with_app_parameters_at_login(db_path):
+async def test_weaker_argon2_hash_is_rehashed_with_app_parameters_at_login(database):
     """An argon2id hash with older, weaker parameters is replaced after a successful login."""
     weak = Argon2Hasher(time_cost=1, memory_cost=512, parallelism=1).hash("weakly hashed pw")
     assert argon2_params(weak) == (512, 1, 1)
-    with closing(sqlite3.connect(db_path)) as conn, conn:
+    with closing(sqlite3.connect(database.path)) as conn, conn:
         user_id = conn.execute(
             "INSERT INTO users (username, email, password_hash) VALUES ('weak', 'weak@example.com', ?)", (weak,)
         ).lastrowid
 
-    async with serving(db_path) as client:
+    async with serving(database.path) as client:
         assert await api_login(client, "weak", "weakly hashed pw!") == (401, LOGIN_FAILED)
-        assert stored_hash(db_path, user_id) == weak
+        assert stored_hash(database.path, user_id) == weak
 
         status, body = await api_login(client, "weak", "weakly hashed pw")
         assert (status, body["id"]) == (200, user_id)
-    rehashed = stored_hash(db_path, user_id)
+    rehashed = stored_hash(database.path, user_id)
     assert rehashed != weak
     assert argon2_params(rehashed) == APP_ARGON2_PARAMS
 
-    async with serving(db_path) as client:
+    async with serving(database.path) as client:
         assert (await api_login(client, "weak@example.com", "weakly hashed pw"))[0] == 200
-    assert stored_hash(db_path, user_id) == rehashed
+    assert stored_hash(database.path, user_id) == rehashed
 
 
 CASE_DUPLICATES = {

@@ -11,18 +11,18 @@ from conftest import auth_cookie, client_with_cookie, db_rows, register_api
 PASSWORD = "correct horse battery"
 
 
-def user_count(db_path) -> int:
-    return db_rows(db_path, "SELECT count(*) FROM users")[0][0]
+def user_count(database) -> int:
+    return db_rows(database, "SELECT count(*) FROM users")[0][0]
 
 
-def stored_hash(db_path, username: str) -> str:
-    return db_rows(db_path, "SELECT password_hash FROM users WHERE username = ?", username)[0][0]
+def stored_hash(database, username: str) -> str:
+    return db_rows(database, "SELECT password_hash FROM users WHERE username = ?", username)[0][0]
 
 
 # -- POST /api/register ------------------------------------------------------
 
 
-async def test_api_register_returns_201_public_user_and_sets_cookie(client, db_path):
+async def test_api_register_returns_201_public_user_and_sets_cookie(client, database):
     """201 with {id, username, email}, the auth cookie set, never the password or its hash."""
     response = await register_api(client, "alice")
     assert response.status_code == 201
@@ -30,7 +30,7 @@ async def test_api_register_returns_201_public_user_and_sets_cookie(client, db_p
     assert auth_cookie(client)
     raw = await response.get_data(as_text=True)
     assert PASSWORD not in raw and "argon2" not in raw
-    assert stored_hash(db_path, "alice").startswith("$argon2id$")
+    assert stored_hash(database, "alice").startswith("$argon2id$")
 
 
 async def test_api_register_then_me(client):
@@ -66,14 +66,14 @@ async def test_api_register_normalises_email_domain(client):
         ({"username": "alice", "email": "a@example.com"}, "password"),
     ],
 )
-async def test_api_register_invalid_input_is_400_with_fields_and_stores_nothing(client, db_path, body, field):
+async def test_api_register_invalid_input_is_400_with_fields_and_stores_nothing(client, database, body, field):
     """Each invalid field: 400 {"error", "fields": {field: message}} and no user stored."""
     response = await client.post("/api/register", json=body)
     assert response.status_code == 400
     payload = await response.get_json()
     assert payload["error"]
     assert field in payload["fields"]
-    assert user_count(db_path) == 0
+    assert user_count(database) == 0
     assert auth_cookie(client) is None
 
 
@@ -86,13 +86,13 @@ async def test_api_register_accepts_any_unicode_password_of_8_to_1024_chars(app,
     assert login.status_code == 200
 
 
-async def test_api_register_lone_surrogate_is_400(client, db_path):
+async def test_api_register_lone_surrogate_is_400(client, database):
     """A string that is not valid text (a lone surrogate) is a clear 400, not a 500."""
     body = '{"username": "alice", "email": "a@example.com", "password": "abc\\ud800defgh"}'
     response = await client.post("/api/register", data=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert "password" in (await response.get_json())["fields"]
-    assert user_count(db_path) == 0
+    assert user_count(database) == 0
 
 
 @pytest.mark.parametrize(
@@ -102,16 +102,16 @@ async def test_api_register_lone_surrogate_is_400(client, db_path):
         (("alice", "alice@example.com"), ("bob", "ALICE@example.com"), "Email already registered."),
     ],
 )
-async def test_api_register_taken_is_409(app, db_path, existing, attempt, message):
+async def test_api_register_taken_is_409(app, database, existing, attempt, message):
     """Taken username or email, without regard to case: 409 with the contract's message."""
     await register_api(app.test_client(), existing[0], email=existing[1])
     response = await register_api(app.test_client(), attempt[0], email=attempt[1])
     assert response.status_code == 409
     assert await response.get_json() == {"error": message}
-    assert user_count(db_path) == 1
+    assert user_count(database) == 1
 
 
-async def test_racing_registrations_of_one_name_give_exactly_one_201(app, db_path):
+async def test_racing_registrations_of_one_name_give_exactly_one_201(app, database):
     """Concurrent registrations of one username in case variants: one 201, the rest 409."""
     names = ["racer", "RACER", "Racer", "rAcer", "raCer", "racEr", "racER", "RaCeR"] * 3
     responses = await asyncio.gather(
@@ -120,15 +120,15 @@ async def test_racing_registrations_of_one_name_give_exactly_one_201(app, db_pat
     statuses = sorted(r.status_code for r in responses)
     assert statuses.count(201) == 1
     assert statuses.count(409) == len(names) - 1
-    assert user_count(db_path) == 1
+    assert user_count(database) == 1
 
 
-async def test_distinct_concurrent_registrations_are_all_stored(app, db_path):
+async def test_distinct_concurrent_registrations_are_all_stored(app, database):
     """Many different users registering at once are all stored and can all log in."""
     names = [f"user{i}" for i in range(30)]
     responses = await asyncio.gather(*(register_api(app.test_client(), n) for n in names))
     assert [r.status_code for r in responses] == [201] * len(names)
-    assert user_count(db_path) == len(names)
+    assert user_count(database) == len(names)
     logins = await asyncio.gather(
         *(app.test_client().post("/api/login", json={"username": n, "password": PASSWORD}) for n in names)
     )
@@ -232,21 +232,21 @@ async def test_api_post_of_a_form_is_415(client, path):
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'"text"', b"null", b"{"])
-async def test_api_malformed_json_is_400(client, db_path, raw):
+async def test_api_malformed_json_is_400(client, database, raw):
     """Bodies that are not a JSON object: 400 with a clear message, nothing stored."""
     response = await client.post("/api/register", data=raw, headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert (await response.get_json())["error"]
-    assert user_count(db_path) == 0
+    assert user_count(database) == 0
 
 
-async def test_oversized_body_is_413(client, db_path):
+async def test_oversized_body_is_413(client, database):
     """A body over MAX_CONTENT_LENGTH is refused with 413 and stores nothing."""
     body = json.dumps({"username": "alice", "email": "a@example.com", "password": "x" * 100_000})
     response = await client.post("/api/register", data=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 413
     assert await response.get_json() == {"error": "Request body too large."}
-    assert user_count(db_path) == 0
+    assert user_count(database) == 0
 
 
 async def test_unknown_api_route_is_404_json(client):
@@ -264,7 +264,7 @@ async def test_api_wrong_method_is_405_json(client):
     assert "error" in await response.get_json()
 
 
-async def test_api_post_with_foreign_origin_is_403(client, db_path):
+async def test_api_post_with_foreign_origin_is_403(client, database):
     """A cross-site Origin is refused on the API too."""
     response = await client.post(
         "/api/register",
@@ -272,10 +272,10 @@ async def test_api_post_with_foreign_origin_is_403(client, db_path):
         headers={"Origin": "https://evil.example"},
     )
     assert response.status_code == 403
-    assert user_count(db_path) == 0
+    assert user_count(database) == 0
 
 
-async def test_exhausted_connection_pool_is_503_not_500(make_app, db_path):
+async def test_exhausted_connection_pool_is_503_not_500(make_app, database):
     """No free database connection in time: 503 with Retry-After, nothing stored."""
     app = make_app(DB_POOL_SIZE=1, DB_POOL_TIMEOUT=0.05)
     async with app.test_app():
@@ -288,4 +288,4 @@ async def test_exhausted_connection_pool_is_503_not_500(make_app, db_path):
                 await connection.close()
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
-        assert user_count(db_path) == 0
+        assert user_count(database) == 0

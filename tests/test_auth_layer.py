@@ -116,37 +116,35 @@ async def test_cookie_signed_with_another_secret_is_anonymous(make_app, client, 
         assert (await client_with_cookie(other, cookie).get("/api/me")).status_code == 401
 
 
-async def test_unknown_session_cookie_is_cleared(app, client):
+async def test_unknown_session_cookie_is_cleared(app, client, database):
     """A well-signed cookie for a session that no longer exists is anonymous and deleted."""
     await register_api(client, "alice")
     cookie = auth_cookie(client)
-    db_write(app_db(app), "DELETE FROM auth_sessions")
+    db_write(database, "DELETE FROM auth_sessions")
     response = await client_with_cookie(app, cookie).get("/api/me")
     assert response.status_code == 401
     assert response.headers["Set-Cookie"].startswith("quart_app_auth=;")
 
 
-def app_db(app) -> str:
-    url = app.extensions["quart_app.settings"].DATABASE_URL
-    return url.split("///", 1)[1]
-
-
 # -- server-side sessions ----------------------------------------------------
 
 
-async def test_database_keeps_only_the_sha256_of_the_session_secret(app, client, db_path):
+async def test_database_keeps_only_the_sha256_of_the_session_secret(app, client, database):
     """The cookie's secret (256 bits) is not in the database; its SHA-256 is."""
     await register_api(client, "alice")
     token = session_token_of(app, auth_cookie(client))
     assert len(token) >= 43  # 32 random bytes, url-safe base64
-    [(stored,)] = db_rows(db_path, "SELECT token_hash FROM auth_sessions")
+    [(stored,)] = db_rows(database, "SELECT token_hash FROM auth_sessions")
     assert stored == token_digest(token) != token
-    for path in (db_path, db_path.with_name(db_path.name + "-wal")):
-        if path.exists():
-            assert token.encode() not in path.read_bytes()
+    if database.is_sqlite:  # the file and its write-ahead log, byte for byte
+        for path in (database.path, database.path.with_name(database.path.name + "-wal")):
+            if path.exists():
+                assert token.encode() not in path.read_bytes()
+    else:
+        assert token not in repr(db_rows(database, "SELECT * FROM auth_sessions"))
 
 
-async def test_each_login_gets_its_own_secret_and_row(app):
+async def test_each_login_gets_its_own_secret_and_row(app, database):
     """Two logins make two sessions with different secrets."""
     await register_api(app.test_client(), "alice")
     tokens = []
@@ -155,10 +153,10 @@ async def test_each_login_gets_its_own_secret_and_row(app):
         await client.post("/api/login", json={"username": "alice", "password": PASSWORD})
         tokens.append(session_token_of(app, auth_cookie(client)))
     assert tokens[0] != tokens[1]
-    assert len(db_rows(app_db(app), "SELECT id FROM auth_sessions")) == 3  # + the registration's
+    assert len(db_rows(database, "SELECT id FROM auth_sessions")) == 3  # + the registration's
 
 
-async def test_session_row_records_ip_user_agent_and_times(client, db_path):
+async def test_session_row_records_ip_user_agent_and_times(client, database):
     """A session knows when it was created and last seen, from which IP and user agent."""
     await client.post(
         "/api/register",
@@ -166,7 +164,7 @@ async def test_session_row_records_ip_user_agent_and_times(client, db_path):
         headers={"User-Agent": "pytest-browser/1.0"},
     )
     [(ip, agent, created, seen, expires, remember)] = db_rows(
-        db_path, "SELECT ip, user_agent, created_at, last_seen_at, expires_at, remember FROM auth_sessions"
+        database, "SELECT ip, user_agent, created_at, last_seen_at, expires_at, remember FROM auth_sessions"
     )
     assert ip and agent == "pytest-browser/1.0"
     assert created == seen < expires
@@ -182,15 +180,15 @@ async def test_logging_in_again_replaces_this_browsers_session(app, client):
     assert (await client.get("/api/me")).status_code == 200
 
 
-async def test_expired_session_is_refused(app, client, db_path):
+async def test_expired_session_is_refused(app, client, database):
     """A session past its expiry opens nothing, even with a valid signed cookie."""
     await register_api(client, "alice")
     past = (utcnow() - timedelta(seconds=1)).isoformat(sep=" ")
-    db_write(db_path, "UPDATE auth_sessions SET expires_at = ?", past)
+    db_write(database, "UPDATE auth_sessions SET expires_at = ?", past)
     assert (await client.get("/api/me")).status_code == 401
 
 
-async def test_activity_slides_the_idle_expiry_but_not_past_the_absolute_limit(make_app, db_path):
+async def test_activity_slides_the_idle_expiry_but_not_past_the_absolute_limit(make_app, database):
     """Plain sessions: a request after the touch interval moves last_seen and the idle expiry."""
     app = make_app(SESSION_IDLE_TIMEOUT=600, SESSION_ABSOLUTE_TIMEOUT=900, SESSION_TOUCH_INTERVAL=60)
     async with app.test_app():
@@ -199,39 +197,39 @@ async def test_activity_slides_the_idle_expiry_but_not_past_the_absolute_limit(m
         now = utcnow()
         created = now - timedelta(seconds=800)
         db_write(
-            db_path,
+            database,
             "UPDATE auth_sessions SET created_at = ?, last_seen_at = ?, expires_at = ?",
             created.isoformat(sep=" "),
             (now - timedelta(seconds=120)).isoformat(sep=" "),
             (now + timedelta(seconds=30)).isoformat(sep=" "),
         )
         assert (await client.get("/api/me")).status_code == 200
-        [(seen, expires)] = db_rows(db_path, "SELECT last_seen_at, expires_at FROM auth_sessions")
+        [(seen, expires)] = db_rows(database, "SELECT last_seen_at, expires_at FROM auth_sessions")
         assert datetime.fromisoformat(seen) >= now - timedelta(seconds=1)
         # now + idle (600 s) would pass created + absolute (900 s): the absolute wins.
         assert datetime.fromisoformat(expires) == created + timedelta(seconds=900)
 
 
-async def test_recent_activity_does_not_write(client, db_path):
+async def test_recent_activity_does_not_write(client, database):
     """Within the touch interval a request does not write last_seen (no write on the hot path)."""
     await register_api(client, "alice")
-    [(before,)] = db_rows(db_path, "SELECT last_seen_at FROM auth_sessions")
+    [(before,)] = db_rows(database, "SELECT last_seen_at FROM auth_sessions")
     for _ in range(3):
         assert (await client.get("/api/me")).status_code == 200
-    assert db_rows(db_path, "SELECT last_seen_at FROM auth_sessions") == [(before,)]
+    assert db_rows(database, "SELECT last_seen_at FROM auth_sessions") == [(before,)]
 
 
-async def test_deactivated_user_is_refused_and_cannot_log_in(app, client, db_path):
+async def test_deactivated_user_is_refused_and_cannot_log_in(app, client, database):
     """is_active false: existing sessions refused at once, and login gives the generic 401."""
     await register_api(client, "alice")
-    db_write(db_path, "UPDATE users SET is_active = 0")
+    db_write(database, "UPDATE users SET is_active = false")
     assert (await client.get("/api/me")).status_code == 401
     response = await app.test_client().post("/api/login", json={"username": "alice", "password": PASSWORD})
     assert response.status_code == 401
     assert await response.get_json() == {"error": "Incorrect username or password."}
 
 
-async def test_deleting_a_user_deletes_their_sessions(app, client, db_path):
+async def test_deleting_a_user_deletes_their_sessions(app, client, database):
     """Sessions belong to their user (foreign key with cascade, enforced on SQLite too)."""
     await register_api(client, "alice")
     # Through the app's own engine, whose connections turn foreign keys on.
@@ -243,7 +241,7 @@ async def test_deleting_a_user_deletes_their_sessions(app, client, db_path):
         db = get_db()
         await db.execute(text("DELETE FROM users"))
         await db.commit()
-    assert db_rows(db_path, "SELECT count(*) FROM auth_sessions") == [(0,)]
+    assert db_rows(database, "SELECT count(*) FROM auth_sessions") == [(0,)]
 
 
 # -- passwords ---------------------------------------------------------------
@@ -314,19 +312,20 @@ async def test_hash_pool_runs_at_most_its_size_at_once(make_app):
         assert peak == 2
 
 
-async def test_outdated_argon2_parameters_are_upgraded_at_login(make_app, db_path):
+async def test_outdated_argon2_parameters_are_upgraded_at_login(make_app, database):
     """A hash made with weaker parameters is replaced by one with the current ones at login."""
     weak = make_app(ARGON2_MEMORY_COST=512)
     async with weak.test_app():
         await register_api(weak.test_client(), "alice")
-    assert "m=512," in db_rows(db_path, "SELECT password_hash FROM users")[0][0]
+    assert "m=512," in db_rows(database, "SELECT password_hash FROM users")[0][0]
     app = make_app()
     async with app.test_app():
         response = await app.test_client().post("/api/login", json={"username": "alice", "password": PASSWORD})
         assert response.status_code == 200
-    assert "m=1024," in db_rows(db_path, "SELECT password_hash FROM users")[0][0]
+    assert "m=1024," in db_rows(database, "SELECT password_hash FROM users")[0][0]
 
 
+@pytest.mark.sqlite_only("the SQLite thread pool")
 async def test_session_lookup_runs_on_the_sqlite_threads_not_the_loop(app, client):
     """On SQLite the per-request lookup is one trip to the bounded SQLite thread pool."""
     import threading
@@ -379,7 +378,7 @@ async def test_secret_key_rotation_keeps_sessions_signed_with_a_fallback_key(mak
         assert (await client_with_cookie(dropped, new_cookie).get("/api/me")).status_code == 200
 
 
-async def test_behind_a_trusted_proxy_the_client_ip_is_the_forwarded_one(make_app, db_path):
+async def test_behind_a_trusted_proxy_the_client_ip_is_the_forwarded_one(make_app, database):
     """PROXY_HOPS=1: sessions (and so the throttle and audit trail) see X-Forwarded-For's client, not the proxy."""
     for hops, username, expected in ((0, "alice", "10.0.0.9"), (1, "bob", "203.0.113.7")):
         app = make_app(PROXY_HOPS=hops)
@@ -392,4 +391,4 @@ async def test_behind_a_trusted_proxy_the_client_ip_is_the_forwarded_one(make_ap
             )
             assert response.status_code == 201, await response.get_data(as_text=True)
         sql = "SELECT s.ip FROM auth_sessions s JOIN users u ON u.id = s.user_id WHERE u.username = ?"
-        assert db_rows(db_path, sql, username) == [(expected,)]
+        assert db_rows(database, sql, username) == [(expected,)]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import FAST_HASHING, auth_cookie, client_with_cookie, db_rows, sqlite_url
+from conftest import FAST_HASHING, auth_cookie, client_with_cookie, db_rows
 
 from quart_app import create_app
 
 
 @pytest.fixture
-def cli_app(db_path):
-    return create_app({"ENV": "testing", "DATABASE_URL": sqlite_url(db_path), **FAST_HASHING})
+def cli_app(database):
+    return create_app({"ENV": "testing", "DATABASE_URL": database.url, **FAST_HASHING})
 
 
 def invoke(app, *args, input=None):
@@ -41,12 +41,12 @@ def me_status(app, cookie):
     return asyncio.run(go())
 
 
-def test_create_reads_the_password_from_stdin_and_the_user_can_log_in(cli_app, db_path):
+def test_create_reads_the_password_from_stdin_and_the_user_can_log_in(cli_app, database):
     """users create USERNAME EMAIL with the password on standard input."""
     result = invoke(cli_app, "create", "carol", "carol@example.com", input="a long password\n")
     assert result.exit_code == 0, result.output
     assert "Created user carol" in result.output
-    assert rows(db_path, "SELECT username, email FROM users") == [("carol", "carol@example.com")]
+    assert rows(database, "SELECT username, email FROM users") == [("carol", "carol@example.com")]
     assert logged_in_cookie(cli_app, "carol", "a long password")
 
 
@@ -59,12 +59,12 @@ def test_create_reads_the_password_from_stdin_and_the_user_can_log_in(cli_app, d
         (("create", "carol", "carol@example.com"), "", "no password"),
     ],
 )
-def test_create_with_bad_input_fails_clearly_and_stores_nothing(cli_app, db_path, args, stdin, message):
+def test_create_with_bad_input_fails_clearly_and_stores_nothing(cli_app, database, args, stdin, message):
     """Bad input: a clear message, exit status 1, no user."""
     result = invoke(cli_app, *args, input=stdin)
     assert result.exit_code == 1
     assert message in result.output
-    assert rows(db_path, "SELECT count(*) FROM users") == [(0,)]
+    assert rows(database, "SELECT count(*) FROM users") == [(0,)]
 
 
 def test_create_taken_username_fails(cli_app):
@@ -86,7 +86,7 @@ def test_list_shows_every_account(cli_app):
     assert "carol@example.com" in lines[1] and lines[1].rstrip().endswith("yes")
 
 
-def test_deactivate_revokes_sessions_at_once_and_activate_restores_login(cli_app, db_path):
+def test_deactivate_revokes_sessions_at_once_and_activate_restores_login(cli_app, database):
     """Deactivation refuses the live session and new logins; activation allows logging in again."""
     invoke(cli_app, "create", "carol", "carol@example.com", input="a long password\n")
     cookie = logged_in_cookie(cli_app, "carol", "a long password")
@@ -94,8 +94,8 @@ def test_deactivate_revokes_sessions_at_once_and_activate_restores_login(cli_app
     result = invoke(cli_app, "deactivate", "Carol")
     assert result.exit_code == 0, result.output
     assert me_status(cli_app, cookie) == 401
-    assert rows(db_path, "SELECT count(*) FROM auth_sessions") == [(0,)]
-    assert rows(db_path, "SELECT event FROM auth_events WHERE event = 'deactivated'") == [("deactivated",)]
+    assert rows(database, "SELECT count(*) FROM auth_sessions") == [(0,)]
+    assert rows(database, "SELECT event FROM auth_events WHERE event = 'deactivated'") == [("deactivated",)]
     assert invoke(cli_app, "activate", "carol").exit_code == 0
     assert logged_in_cookie(cli_app, "carol", "a long password")
 

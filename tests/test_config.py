@@ -93,7 +93,7 @@ def test_default_argon2_parameters_meet_owasp():
     assert hashed.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
 
 
-async def test_default_app_hashes_with_owasp_parameters(make_app, db_path):
+async def test_default_app_hashes_with_owasp_parameters(make_app, database):
     """The app built with default hashing settings stores m=19456,t=2,p=1 argon2id hashes."""
     app = make_app(ARGON2_TIME_COST=2, ARGON2_MEMORY_COST=19 * 1024, ARGON2_PARALLELISM=1)
     async with app.test_app():
@@ -101,10 +101,11 @@ async def test_default_app_hashes_with_owasp_parameters(make_app, db_path):
             "/api/register", json={"username": "alice", "email": "a@example.com", "password": "p" * 12}
         )
         assert response.status_code == 201
-    [(stored,)] = db_rows(db_path, "SELECT password_hash FROM users")
+    [(stored,)] = db_rows(database, "SELECT password_hash FROM users")
     assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
 
 
+@pytest.mark.sqlite_only("SQLite PRAGMAs")
 async def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(app):
     """Every SQLite connection runs in WAL with a busy timeout and foreign keys on."""
     async with app.app_context():

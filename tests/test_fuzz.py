@@ -43,29 +43,29 @@ FORM_POSTS = [
 ]
 
 
-def counts(db_path) -> tuple[int, int]:
+def counts(database) -> tuple[int, int]:
     [(users, sessions)] = db_rows(
-        db_path, "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM auth_sessions)"
+        database, "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM auth_sessions)"
     )
     return users, sessions
 
 
-async def check(response, before, db_path):
+async def check(response, before, database):
     assert response.status_code < 500, (response.status_code, await response.get_data(as_text=True))
     if response.status_code >= 400:
-        assert counts(db_path) == before
+        assert counts(database) == before
 
 
 @FUZZ
 @given(path=st.sampled_from(JSON_POSTS), body=json_bodies)
-async def test_json_bodies_never_5xx_and_4xx_store_nothing(make_app, db_path, path, body):
+async def test_json_bodies_never_5xx_and_4xx_store_nothing(make_app, database, path, body):
     """Any JSON value at any API route: < 500, and nothing stored on a 4xx."""
     app = make_app(LOGIN_RATE_LIMIT="off")
     async with app.test_app():
-        before = counts(db_path)
+        before = counts(database)
         data = json.dumps(body, ensure_ascii=True)
         response = await app.test_client().post(path, data=data, headers={"Content-Type": "application/json"})
-        await check(response, before, db_path)
+        await check(response, before, database)
 
 
 @FUZZ
@@ -77,27 +77,27 @@ async def test_json_bodies_never_5xx_and_4xx_store_nothing(make_app, db_path, pa
          "multipart/form-data", "text/plain", "application/json; charset=latin-1", ""]
     ),
 )
-async def test_raw_bytes_never_5xx(make_app, db_path, path, raw, content_type):
+async def test_raw_bytes_never_5xx(make_app, database, path, raw, content_type):
     """Arbitrary bytes under any content type: < 500, nothing stored on a 4xx."""
     app = make_app(LOGIN_RATE_LIMIT="off")
     async with app.test_app():
-        before = counts(db_path)
+        before = counts(database)
         headers = {"Content-Type": content_type} if content_type else {}
         response = await app.test_client().post(path, data=raw, headers=headers)
-        await check(response, before, db_path)
+        await check(response, before, database)
 
 
 @FUZZ
 @given(path=st.sampled_from(FORM_POSTS), form=form_bodies)
-async def test_forms_with_a_valid_token_never_5xx(make_app, db_path, path, form):
+async def test_forms_with_a_valid_token_never_5xx(make_app, database, path, form):
     """Any form fields (with a valid CSRF token, to reach validation): < 500, nothing stored on a 4xx."""
     app = make_app(LOGIN_RATE_LIMIT="off")
     async with app.test_app():
         client = app.test_client()
         token = CSRF_RE.search(await (await client.get("/register")).get_data(as_text=True)).group(1)
-        before = counts(db_path)
+        before = counts(database)
         response = await client.post(path, form={**form, "csrf_token": token})
-        await check(response, before, db_path)
+        await check(response, before, database)
 
 
 @FUZZ
@@ -106,7 +106,7 @@ async def test_forms_with_a_valid_token_never_5xx(make_app, db_path, path, form)
     session=st.text(max_size=200),
     path=st.sampled_from(["/", "/dashboard", "/account", "/api/me", "/api/sessions", "/login"]),
 )
-async def test_arbitrary_cookies_are_anonymous_never_5xx(make_app, db_path, auth, session, path):
+async def test_arbitrary_cookies_are_anonymous_never_5xx(make_app, database, auth, session, path):
     """Any auth or session cookie value: anonymous, never a 5xx."""
     app = make_app()
     async with app.test_app():
@@ -123,11 +123,11 @@ async def test_arbitrary_cookies_are_anonymous_never_5xx(make_app, db_path, auth
 
 @FUZZ
 @given(username=any_text, email=any_text, password=any_text)
-async def test_registration_fields_never_5xx(make_app, db_path, username, email, password):
+async def test_registration_fields_never_5xx(make_app, database, username, email, password):
     """Any username, email and password at /api/register: 201, 400 or 409 only."""
     app = make_app()
     async with app.test_app():
-        before = counts(db_path)
+        before = counts(database)
         response = await register_api(app.test_client(), username, email=email, password=password)
         assert response.status_code in {201, 400, 409}
-        await check(response, before, db_path)
+        await check(response, before, database)

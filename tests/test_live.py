@@ -13,8 +13,9 @@ POLICY_VIOLATION = 1008
 
 
 @pytest.fixture
-async def app(make_app):
+async def app(make_app, database):
     app = make_app(WS_POLL_INTERVAL=0.05)
+    app.extensions["test_database"] = database  # for actions that change the database behind the app's back
     async with app.test_app():
         yield app
 
@@ -127,8 +128,7 @@ async def revoke_from_another_device(app, cookie):
 
 
 async def deactivate(app, cookie):
-    url = app.extensions["quart_app.settings"].DATABASE_URL
-    db_write(url.split("///", 1)[1], "UPDATE users SET is_active = 0")
+    db_write(app.extensions["test_database"], "UPDATE users SET is_active = false")
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from conftest import auth_cookie, client_with_cookie, csrf_from, db_rows, login_
 PASSWORD = "correct horse battery"
 
 
-def users_in(db_path) -> list[tuple]:
-    return db_rows(db_path, "SELECT id, username, email FROM users ORDER BY id")
+def users_in(database) -> list[tuple]:
+    return db_rows(database, "SELECT id, username, email FROM users ORDER BY id")
 
 
 async def text(response) -> str:
@@ -59,18 +59,18 @@ async def test_register_form_has_fields_labels_and_csrf(client):
     assert 'type="hidden" name="csrf_token"' in body
 
 
-async def test_register_success_stores_user_logs_in_and_redirects_home(client, db_path):
+async def test_register_success_stores_user_logs_in_and_redirects_home(client, database):
     """A valid registration stores the user, logs them in and redirects to /."""
     response = await register_form(client)
     assert response.status_code == 302
     assert response.headers["Location"] == "/"
-    assert users_in(db_path) == [(1, "alice", "alice@example.com")]
+    assert users_in(database) == [(1, "alice", "alice@example.com")]
     dashboard = await client.get("/dashboard")
     assert dashboard.status_code == 200
     assert "Hello alice" in await text(dashboard)
 
 
-async def test_register_invalid_input_shows_form_again_with_typed_fields_not_password(client, db_path):
+async def test_register_invalid_input_shows_form_again_with_typed_fields_not_password(client, database):
     """Invalid input: 400, the message, the typed username and email, never the password."""
     response = await register_form(client, username="al", email="not-an-email", password="short-pw-x1")
     body = await text(response)
@@ -79,15 +79,15 @@ async def test_register_invalid_input_shows_form_again_with_typed_fields_not_pas
     assert "short-pw-x1" not in body
     assert "Username must be 3 to 32 characters" in body
     assert "valid email" in body
-    assert users_in(db_path) == []
+    assert users_in(database) == []
 
 
-async def test_register_short_password_is_refused(client, db_path):
+async def test_register_short_password_is_refused(client, database):
     """A password under 8 characters is refused with a message and nothing stored."""
     response = await register_form(client, password="1234567")
     assert response.status_code == 400
     assert "at least 8 characters" in await text(response)
-    assert users_in(db_path) == []
+    assert users_in(database) == []
 
 
 @pytest.mark.parametrize(
@@ -97,16 +97,16 @@ async def test_register_short_password_is_refused(client, db_path):
         ({"username": "bob", "email": "Alice@Example.com"}, "Email already registered."),
     ],
 )
-async def test_register_taken_is_409_without_regard_to_case(app, fields, message, db_path):
+async def test_register_taken_is_409_without_regard_to_case(app, fields, message, database):
     """Username or email already used (in any case): 409 with the contract's message."""
     await register_api(app.test_client(), "alice")
     response = await register_form(app.test_client(), **fields)
     assert response.status_code == 409
     assert message in await text(response)
-    assert len(users_in(db_path)) == 1
+    assert len(users_in(database)) == 1
 
 
-async def test_register_when_logged_in_redirects_home(client, db_path):
+async def test_register_when_logged_in_redirects_home(client, database):
     """GET and POST /register redirect a logged-in user to / and store nothing."""
     await register_api(client, "alice")
     token = await csrf_from(client, "/")
@@ -116,7 +116,7 @@ async def test_register_when_logged_in_redirects_home(client, db_path):
         form={"username": "bob", "email": "bob@example.com", "password": PASSWORD, "csrf_token": token},
     )
     assert response.status_code == 302 and response.headers["Location"] == "/"
-    assert len(users_in(db_path)) == 1
+    assert len(users_in(database)) == 1
 
 
 # -- /login ------------------------------------------------------------------
@@ -293,16 +293,16 @@ async def test_dashboard_logged_in_says_hello(client):
 # -- CSRF --------------------------------------------------------------------
 
 
-async def test_post_without_csrf_token_is_403_and_changes_nothing(client, db_path):
+async def test_post_without_csrf_token_is_403_and_changes_nothing(client, database):
     """A form POST without the csrf_token is refused and stores nothing."""
     response = await client.post(
         "/register", form={"username": "mallory", "email": "m@example.com", "password": PASSWORD}
     )
     assert response.status_code == 403
-    assert users_in(db_path) == []
+    assert users_in(database) == []
 
 
-async def test_post_with_another_sessions_csrf_token_is_403(app, db_path):
+async def test_post_with_another_sessions_csrf_token_is_403(app, database):
     """A token from another browser session does not pass."""
     other_token = await csrf_from(app.test_client(), "/register")
     client = app.test_client()
@@ -312,7 +312,7 @@ async def test_post_with_another_sessions_csrf_token_is_403(app, db_path):
         form={"username": "mallory", "email": "m@example.com", "password": PASSWORD, "csrf_token": other_token},
     )
     assert response.status_code == 403
-    assert users_in(db_path) == []
+    assert users_in(database) == []
 
 
 async def test_logout_without_csrf_token_is_403_and_keeps_session(client):
@@ -323,7 +323,7 @@ async def test_logout_without_csrf_token_is_403_and_keeps_session(client):
 
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://localhost.evil.example"])
-async def test_post_with_foreign_origin_is_403_even_with_valid_token(client, db_path, origin):
+async def test_post_with_foreign_origin_is_403_even_with_valid_token(client, database, origin):
     """A valid token does not help a POST whose Origin is another site."""
     token = await csrf_from(client, "/register")
     response = await client.post(
@@ -332,10 +332,10 @@ async def test_post_with_foreign_origin_is_403_even_with_valid_token(client, db_
         headers={"Origin": origin},
     )
     assert response.status_code == 403
-    assert users_in(db_path) == []
+    assert users_in(database) == []
 
 
-async def test_post_with_same_origin_is_accepted(client, db_path):
+async def test_post_with_same_origin_is_accepted(client, database):
     """An Origin of this very site passes."""
     token = await csrf_from(client, "/register")
     response = await client.post(
@@ -344,7 +344,7 @@ async def test_post_with_same_origin_is_accepted(client, db_path):
         headers={"Origin": "http://localhost"},
     )
     assert response.status_code == 302
-    assert len(users_in(db_path)) == 1
+    assert len(users_in(database)) == 1
 
 
 # -- headers -----------------------------------------------------------------

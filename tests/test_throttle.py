@@ -7,7 +7,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conftest import FAST_HASHING, csrf_from, db_rows, db_write, login_form, register_api, sqlite_url
+from conftest import FAST_HASHING, csrf_from, db_rows, db_write, login_form, register_api
 
 from quart_app import create_app
 from quart_app.auth import events, fresh_login_required
@@ -35,7 +35,7 @@ async def fail_times(app, n, **kwargs):
 
 
 @pytest.fixture(params=["database", "redis"])
-def make_app(request, db_path):
+def make_app(request, database):
     """Every test here runs with the throttle's counters in the database, then in Redis."""
     extra = {}
     if request.param == "redis":
@@ -46,13 +46,13 @@ def make_app(request, db_path):
         extra["REDIS_URL"] = redis_url
 
     def factory(**overrides):
-        config = {"ENV": "testing", "DATABASE_URL": sqlite_url(db_path), **FAST_HASHING, **extra, **overrides}
+        config = {"ENV": "testing", "DATABASE_URL": database.url, **FAST_HASHING, **extra, **overrides}
         return create_app(config)
 
     return factory
 
 
-async def unlock_all(app, db_path):
+async def unlock_all(app, database):
     """Let every current lock run out (as if its time had passed)."""
     store = app.extensions["quart_app.throttle"].store
     if isinstance(store, RedisStore):
@@ -60,7 +60,7 @@ async def unlock_all(app, db_path):
             await store._redis.hset(name, "locked_until", 0)
         return
     past = (utcnow() - timedelta(seconds=1)).isoformat(sep=" ")
-    db_write(db_path, "UPDATE login_throttle SET locked_until = ? WHERE locked_until IS NOT NULL", past)
+    db_write(database, "UPDATE login_throttle SET locked_until = ? WHERE locked_until IS NOT NULL", past)
 
 
 # -- throttling --------------------------------------------------------------
@@ -87,7 +87,7 @@ async def test_html_login_is_throttled_too(app):
     assert "Too many failed login attempts" in await response.get_data(as_text=True)
 
 
-async def test_back_off_doubles_and_is_bounded(make_app, db_path):
+async def test_back_off_doubles_and_is_bounded(make_app, database):
     """Each failure past the limit doubles the lock, up to LOGIN_BACKOFF_MAX."""
     app = make_app(LOGIN_RATE_LIMIT="2/minute", LOGIN_BACKOFF_MAX=300)
     async with app.test_app():
@@ -97,7 +97,7 @@ async def test_back_off_doubles_and_is_bounded(make_app, db_path):
             response = await attempt(app)
             if response.status_code == 429:
                 waits.append(int(response.headers["Retry-After"]))
-                await unlock_all(app, db_path)
+                await unlock_all(app, database)
             if len(waits) == 5:
                 break
         # failures 2,3,4,5,6 lock for 60,120,240,300(capped),300 s
@@ -181,7 +181,7 @@ def test_malformed_rate_limit_stops_the_start(value, tmp_path):
         create_app({"ENV": "testing", "LOGIN_RATE_LIMIT": value, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x"})
 
 
-def test_throttle_keys_hold_no_typed_username(db_path):
+def test_throttle_keys_hold_no_typed_username(database):
     """Counters are keyed by digests: the table never holds what was typed."""
     from quart_app.auth.throttle import keys_for
 
@@ -228,7 +228,7 @@ async def test_full_hash_queue_answers_503_at_once_and_pages_keep_answering(make
 # -- audit trail and signals -------------------------------------------------
 
 
-async def test_audit_trail_records_each_kind_of_event(app, db_path):
+async def test_audit_trail_records_each_kind_of_event(app, database):
     """Login ok/failed, logout, password change, revocation and throttling land in auth_events."""
     client = app.test_client()
     await register_api(client, "alice")
@@ -237,12 +237,12 @@ async def test_audit_trail_records_each_kind_of_event(app, db_path):
     await client.post("/api/sessions/revoke-others")
     await client.post("/api/password", json={"current_password": PASSWORD, "new_password": "another pass 1"})
     await client.post("/api/logout")
-    kinds = [k for (k,) in rows(db_path, "SELECT event FROM auth_events ORDER BY id")]
+    kinds = [k for (k,) in rows(database, "SELECT event FROM auth_events ORDER BY id")]
     for kind in ("registered", "login", "login_failed", "throttled", "session_revoked", "password_changed", "logout"):
         assert kind in kinds, kind
-    ips = {ip for (ip,) in rows(db_path, "SELECT ip FROM auth_events WHERE event = 'login_failed'")}
+    ips = {ip for (ip,) in rows(database, "SELECT ip FROM auth_events WHERE event = 'login_failed'")}
     assert ips == {"10.9.9.9"}
-    dump = "\n".join(str(r) for r in rows(db_path, "SELECT * FROM auth_events"))
+    dump = "\n".join(str(r) for r in rows(database, "SELECT * FROM auth_events"))
     assert PASSWORD not in dump and "another pass 1" not in dump and "argon2" not in dump
 
 
@@ -279,8 +279,8 @@ async def test_signals_reach_subscribers_without_secrets(app):
 
 
 @pytest.fixture
-async def fresh_app(db_path):
-    app = create_app({"ENV": "testing", "DATABASE_URL": sqlite_url(db_path), **FAST_HASHING})
+async def fresh_app(database):
+    app = create_app({"ENV": "testing", "DATABASE_URL": database.url, **FAST_HASHING})
 
     @app.get("/sensitive")
     @fresh_login_required
@@ -298,12 +298,12 @@ async def test_fresh_login_required_passes_a_fresh_session(fresh_app):
     assert (await client.get("/sensitive")).status_code == 200
 
 
-async def test_stale_session_must_reenter_the_password(fresh_app, db_path):
+async def test_stale_session_must_reenter_the_password(fresh_app, database):
     """An old session is sent to /reauthenticate (JSON: 401); entering the password makes it fresh."""
     client = fresh_app.test_client()
     await register_api(client, "alice")
     old = (utcnow() - timedelta(hours=2)).isoformat(sep=" ")
-    db_write(db_path, "UPDATE auth_sessions SET created_at = ?", old)
+    db_write(database, "UPDATE auth_sessions SET created_at = ?", old)
     response = await client.get("/sensitive")
     assert response.status_code == 302
     assert response.headers["Location"] == "/reauthenticate?next=%2Fsensitive"
@@ -317,7 +317,7 @@ async def test_stale_session_must_reenter_the_password(fresh_app, db_path):
     assert (await client.get("/sensitive")).status_code == 200
 
 
-async def test_with_redis_url_the_counters_live_in_redis(make_app, db_path, redis_server):
+async def test_with_redis_url_the_counters_live_in_redis(make_app, database, redis_server):
     """QUART_APP_REDIS_URL moves the counters to Redis: nothing lands in the login_throttle table."""
     import redis
 
@@ -327,11 +327,11 @@ async def test_with_redis_url_the_counters_live_in_redis(make_app, db_path, redi
     async with app.test_app():
         await fail_times(app, 5)
         assert (await attempt(app)).status_code == 429
-    assert rows(db_path, "SELECT count(*) FROM login_throttle") == [(0,)]
+    assert rows(database, "SELECT count(*) FROM login_throttle") == [(0,)]
     assert len(client.keys("quart_app:throttle:*")) == 3  # account, client, pair
 
 
-async def test_unreachable_redis_answers_503_not_500(make_app, db_path):
+async def test_unreachable_redis_answers_503_not_500(make_app, database):
     """If Redis is down, logins get 503 with Retry-After (and pages without login keep working)."""
     from conftest import free_port
 
