@@ -67,7 +67,7 @@ class TestDatabase:
         import psycopg
 
         with psycopg.connect(libpq_url(self.url), autocommit=True) as conn:
-            found = conn.execute(sql.replace("?", "%s"), params).fetchall()
+            found = conn.execute(_psycopg_sql(sql), params).fetchall()
         return [tuple(_shown(value) for value in row) for row in found]
 
     def write(self, sql: str, *params) -> None:
@@ -79,7 +79,11 @@ class TestDatabase:
         import psycopg
 
         with psycopg.connect(libpq_url(self.url), autocommit=True) as conn:
-            conn.execute(sql.replace("?", "%s"), params)
+            conn.execute(_psycopg_sql(sql), params)
+
+
+def _psycopg_sql(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 def _shown(value):
