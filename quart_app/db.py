@@ -30,18 +30,24 @@ T = TypeVar("T")
 
 def create_engine(settings: Settings) -> AsyncEngine:
     url = make_url(settings.DATABASE_URL)
+    pool = {
+        "pool_size": settings.DB_POOL_SIZE,
+        "max_overflow": settings.DB_MAX_OVERFLOW,
+        "pool_timeout": settings.DB_POOL_TIMEOUT,
+    }
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=settings.DB_POOL_SIZE, pool_timeout=settings.DB_POOL_TIMEOUT)
+        engine = create_async_engine(url, **pool)
         _configure_sqlite(engine, settings.SQLITE_BUSY_TIMEOUT_MS)
         return engine
-    return create_async_engine(
-        url,
-        pool_size=settings.DB_POOL_SIZE,
-        pool_timeout=settings.DB_POOL_TIMEOUT,
-        pool_pre_ping=True,
-    )
+    connect_args = {}
+    if url.get_driver_name() == "asyncpg":
+        # asyncpg's own timeouts: a connection attempt, and every statement.
+        connect_args = {"timeout": settings.DB_CONNECT_TIMEOUT, "command_timeout": settings.DB_COMMAND_TIMEOUT}
+    # pre_ping: a pooled connection the server dropped (restart, failover) is
+    # replaced before use instead of failing the request.
+    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
 
 
 def _is_sqlite_file(url: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from quart import Quart, render_template
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
@@ -96,12 +96,21 @@ def register_error_handlers(app: Quart) -> None:
             log.warning("redis unavailable: %s", type(error).__name__)
             return await error_response(HTTPError(503, MESSAGES[503], headers={"Retry-After": "1"}))
 
-    @app.errorhandler(OperationalError)
+    @app.errorhandler(DBAPIError)
     @app.errorhandler(PoolTimeout)
+    @app.errorhandler(OSError)
+    @app.errorhandler(TimeoutError)
     async def _database_unavailable(error: Exception):
-        # A locked SQLite file past its busy timeout, a lost server
-        # connection, or no free pooled connection in time: the client may
-        # retry; nothing was acknowledged.
+        # A locked SQLite file past its busy timeout, a lost or unreachable
+        # database server (asyncpg raises the socket's own OSError or
+        # TimeoutError when a connection cannot be made in
+        # DB_CONNECT_TIMEOUT), a statement past DB_COMMAND_TIMEOUT, or no
+        # free pooled connection in time: the client may retry; nothing was
+        # acknowledged. Any other database error is a bug: a 500.
+        if isinstance(error, DBAPIError) and not (
+            error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
+        ):
+            raise error
         log.warning("database unavailable: %s", type(getattr(error, "orig", None) or error).__name__)
         return await error_response(HTTPError(503, MESSAGES[503], headers={"Retry-After": "1"}))
 

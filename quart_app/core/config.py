@@ -16,7 +16,7 @@ INSTANCE_PATH = PROJECT_ROOT / "instance"
 
 
 # Numbers that may be 0 (every other one must be positive).
-_ZERO_ALLOWED = frozenset({"PROXY_HOPS"})
+_ZERO_ALLOWED = frozenset({"PROXY_HOPS", "DB_MAX_OVERFLOW"})
 
 
 class ConfigError(RuntimeError):
@@ -77,8 +77,15 @@ class Settings:
     NEEDS_REFRESH_MESSAGE: str = "Please reauthenticate to access this page."
     LOGIN_VIEW: str = "pages.login"
     LOGIN_MESSAGE: str = "Please log in first."
+    # Connections per worker process: DB_POOL_SIZE kept open, DB_MAX_OVERFLOW
+    # more under load; a request waits DB_POOL_TIMEOUT seconds for one, then 503.
     DB_POOL_SIZE: int = 5
+    DB_MAX_OVERFLOW: int = 10
     DB_POOL_TIMEOUT: float = 10.0
+    # Server databases (PostgreSQL): the longest wait for a new connection and
+    # for one statement; past them the request is answered 503, not left hanging.
+    DB_CONNECT_TIMEOUT: float = 5.0
+    DB_COMMAND_TIMEOUT: float = 30.0
     SQLITE_BUSY_TIMEOUT_MS: int = 10_000
     # Threads that run the hot path's SQLite work (one trip per request).
     SQLITE_THREADS: int = 2
