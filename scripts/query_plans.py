@@ -1,0 +1,142 @@
+"""Print the database's plan for the app's hot queries, on SQLite or PostgreSQL.
+
+    .venv/bin/python scripts/query_plans.py [DATABASE_URL] [--json]
+
+DATABASE_URL (default: a temporary SQLite file) must be an empty database the
+script may fill: it is migrated to head (Alembic), given USERS users with a
+session each and as many throttle rows, ANALYZEd, and then asked to EXPLAIN
+the statements the app runs, built by the app's own code. The output is what
+docs/query-plans.md shows; tests/test_query_plans.py checks that every plan
+is index lookups only, on the backend the suite runs on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import create_engine, insert, select
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from quart_app.auth.service import _by_username_or_email  # noqa: E402
+from quart_app.auth.sessions import _RESOLVE, utcnow  # noqa: E402
+from quart_app.core.security import token_digest  # noqa: E402
+from quart_app.models import AuthSession, LoginThrottle, User  # noqa: E402
+
+USERS = 5000
+
+
+def statements(now):
+    """(name, statement, parameters): what the app asks on each path."""
+    forget = timedelta(minutes=15)
+    return [
+        ("session lookup (every protected request)", _RESOLVE, {"digest": token_digest("token-1234"), "now": now}),
+        ("login lookup (username or email, any case)", _by_username_or_email("USER1234@EXAMPLE.COM"), {}),
+        (
+            "throttle counters (every login)",
+            select(LoginThrottle).where(
+                LoginThrottle.key.in_(["account:1234", "ip:10.0.4.210", "pair:1234:10.0.4.210"]),
+                LoginThrottle.last_failure_at > now - forget,
+            ),
+            {},
+        ),
+        ("sessions of one user (/account, revocation)", select(AuthSession).where(AuthSession.user_id == 1234), {}),
+    ]
+
+
+def sync_url(url: str) -> str:
+    parsed = make_url(url)
+    driver = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}[parsed.get_backend_name()]
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def migrate(url: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env={**os.environ, "QUART_APP_DATABASE_URL": url},
+        check=True,
+        capture_output=True,
+    )
+
+
+def fill(engine, now) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(User),
+            [
+                {"username": f"user{i}", "email": f"user{i}@example.com", "password_hash": "x", "is_active": True}
+                for i in range(1, USERS + 1)
+            ],
+        )
+        conn.execute(
+            insert(AuthSession),
+            [
+                {
+                    "token_hash": token_digest(f"token-{i}"),
+                    "user_id": i,
+                    "remember": False,
+                    "created_at": now,
+                    "last_seen_at": now,
+                    "expires_at": now + timedelta(hours=1),
+                }
+                for i in range(1, USERS + 1)
+            ],
+        )
+        conn.execute(
+            insert(LoginThrottle),
+            [{"key": f"account:{i}", "failures": 1, "last_failure_at": now} for i in range(1, USERS + 1)],
+        )
+        conn.exec_driver_sql("ANALYZE")
+
+
+def explain(conn, statement, params) -> list[str]:
+    compiled = statement.compile(conn, compile_kwargs={"render_postcompile": True})
+    values = compiled.construct_params(params)
+    if conn.dialect.name == "sqlite":
+        ordered = tuple(values[name] for name in compiled.positiontup)
+        rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", ordered).all()
+        return [row[-1] for row in rows]
+    rows = conn.exec_driver_sql(f"EXPLAIN (COSTS OFF) {compiled}", values).all()
+    return [row[0] for row in rows]
+
+
+def plans(url: str) -> dict[str, list[str]]:
+    migrate(url)
+    engine = create_engine(sync_url(url))
+    try:
+        now = utcnow()
+        fill(engine, now)
+        with engine.connect() as conn:
+            return {name: explain(conn, statement, params) for name, statement, params in statements(now)}
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str]) -> None:
+    as_json = "--json" in argv
+    urls = [arg for arg in argv if not arg.startswith("--")]
+    with tempfile.TemporaryDirectory() as scratch:
+        url = urls[0] if urls else f"sqlite+aiosqlite:///{scratch}/plans.db"
+        found = plans(url)
+        if as_json:
+            print(json.dumps(found, indent=2))
+            return
+        backend = make_url(url).get_backend_name()
+        print(f"# {backend}: {USERS} users, {USERS} sessions, {USERS} throttle rows, after ANALYZE\n")
+        for name, lines in found.items():
+            print(f"{name}:\n```")
+            print("\n".join(lines))
+            print("```\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
