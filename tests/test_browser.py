@@ -69,6 +69,8 @@ def server(tmp_path_factory) -> Iterator[Server]:
 async def browser(chromium: Path, server: Server) -> AsyncIterator[Browser]:
     # Playwright turns the back/forward cache off by default; a user's
     # browser has it on, and the back-button test is about exactly that.
+    # (With it on, Chromium keeps our pages out of it, giving the reason
+    # "response-cache-control-no-store": the app's Cache-Control: no-store.)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=str(chromium),
