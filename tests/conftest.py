@@ -1,4 +1,4 @@
-"""Fixtures: a fresh app per test on its own database (SQLite file, or PostgreSQL: see backends.py), migrated by Alembic."""
+"""Fixtures: a fresh app per test on its own database, migrated by Alembic (SQLite or PostgreSQL: backends.py)."""
 
 from __future__ import annotations
 

@@ -208,7 +208,9 @@ def serving(db: TestDatabase, settings: dict[str, object] | None = None, **optio
 
 
 @asynccontextmanager
-async def serving_off_loop(db: TestDatabase, settings: dict[str, object] | None = None, **options) -> AsyncIterator[Server]:
+async def serving_off_loop(
+    db: TestDatabase, settings: dict[str, object] | None = None, **options
+) -> AsyncIterator[Server]:
     """``serving`` for async tests: the blocking start and stop run in a thread, off the event loop."""
     server = await asyncio.to_thread(launch, db, settings, **options)
     try:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from conftest import FAST_HASHING, ROOT, alembic, sqlite_url
+from conftest import FAST_HASHING, ROOT
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
-from servers import AUTH_COOKIE, Server, client_for, serving
+from servers import AUTH_COOKIE, Server, client_for, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -56,13 +56,9 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
+def server(tmp_path_factory, migrated_template) -> Iterator[Server]:
     """The app under hypercorn (hypercorn.toml: two workers) on a fresh database migrated by Alembic."""
-    directory = tmp_path_factory.mktemp("browser")
-    db = directory / "app.db"
-    alembic("upgrade", "head", url=sqlite_url(db))
-    with serving(db, FAST_HASHING, log_path=directory / "hypercorn.log") as server:
-        yield server
+    yield from start_server(tmp_path_factory.mktemp("browser"), migrated_template, FAST_HASHING)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -116,7 +116,10 @@ def test_migrations_upgrade_downgrade_and_upgrade_again(empty):
 
 def test_case_duplicates_stop_the_upgrade_and_leave_everything_as_it_was(empty):
     """Two usernames equal but for case: upgrade head fails clearly and the transaction leaves nothing."""
-    flask_era(empty, [(1, "Carol", "carol@example.com", "pw one", "scrypt"), (2, "carol", "c2@example.com", "pw", "scrypt")])
+    flask_era(
+        empty,
+        [(1, "Carol", "carol@example.com", "pw one", "scrypt"), (2, "carol", "c2@example.com", "pw two", "scrypt")],
+    )
     before = empty.rows("SELECT * FROM users ORDER BY id")
     alembic("stamp", "seed", url=empty.url)
     with pytest.raises(subprocess.CalledProcessError) as failure:
@@ -153,6 +156,8 @@ class Proxy:
         self.port = 0
         self.server: asyncio.Server | None = None
         self.mode = "open"
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self.pipes: set[asyncio.Task] = set()
         self.writers: set[asyncio.StreamWriter] = set()
 
@@ -178,8 +183,7 @@ class Proxy:
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
             while data := await source.read(65536):
-                while self.mode == "blackhole":
-                    await asyncio.sleep(0.05)
+                await self.flowing.wait()
                 sink.write(data)
                 await sink.drain()
         except (ConnectionError, OSError):
@@ -202,11 +206,13 @@ class Proxy:
 
     async def blackhole(self) -> None:
         self.mode = "blackhole"
+        self.flowing.clear()
 
     async def restore(self) -> None:
         if self.mode == "blackhole":
             self._reset_all()
         self.mode = "open"
+        self.flowing.set()
         if not self.server.is_serving():
             await self.start()
 
