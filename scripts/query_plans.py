@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import create_engine, insert, select
@@ -98,11 +98,16 @@ def fill(engine, now) -> None:
         conn.exec_driver_sql("ANALYZE")
 
 
+def _sqlite_value(value):
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
+
+
 def explain(conn, statement, params) -> list[str]:
     compiled = statement.compile(conn, compile_kwargs={"render_postcompile": True})
     values = compiled.construct_params(params)
     if conn.dialect.name == "sqlite":
-        ordered = tuple(values[name] for name in compiled.positiontup)
+        # (as SQLAlchemy stores them: Python 3.12 deprecates sqlite3's own datetime adapter)
+        ordered = tuple(_sqlite_value(values[name]) for name in compiled.positiontup)
         rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", ordered).all()
         return [row[-1] for row in rows]
     rows = conn.exec_driver_sql(f"EXPLAIN (COSTS OFF) {compiled}", values).all()
