@@ -11,6 +11,7 @@ from hypercorn.middleware import ProxyFixMiddleware
 from quart import Quart, Response, request
 
 from . import auth
+from .api import docs as api_docs
 from .api.views import bp as api_bp
 from .auth.throttle import Throttle
 from .cli import register_cli
@@ -61,6 +62,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     register_error_handlers(app)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
+    api_docs.init_app(app)
     app.register_blueprint(live_bp)
     _drop_sync_blueprint_context_processors(app)
     app.after_request(_security_headers)

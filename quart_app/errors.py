@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from pydantic import ValidationError as PydanticValidationError
 from quart import Quart, render_template
+from quart_schema import RequestSchemaValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -25,6 +27,7 @@ MESSAGES = {
     429: "Too many requests.",
     503: "Service temporarily unavailable; try again shortly.",
 }
+INVALID_FIELDS = "Please correct the highlighted fields."
 
 
 class HTTPError(Exception):
@@ -62,10 +65,27 @@ async def error_response(error: HTTPError):
     return html, error.status, error.headers
 
 
+def schema_validation_error(error: RequestSchemaValidationError) -> HTTPError:
+    """Quart-Schema's refusal of a body, query string or headers, in the contract's shape (400, ``fields``)."""
+    cause = error.validation_error
+    if not isinstance(cause, PydanticValidationError):
+        return HTTPError(400, MESSAGES[400])
+    fields: dict[str, str] = {}
+    for problem in cause.errors(include_url=False, include_input=False):
+        if not problem["loc"]:  # the body as a whole (not an object, say)
+            return HTTPError(400, problem["msg"])
+        fields.setdefault(".".join(str(part) for part in problem["loc"]), problem["msg"])
+    return HTTPError(400, INVALID_FIELDS, fields=fields)
+
+
 def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(HTTPError)
     async def _http_error(error: HTTPError):
         return await error_response(error)
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def _schema_error(error: RequestSchemaValidationError):
+        return await error_response(schema_validation_error(error))
 
     @app.errorhandler(HTTPException)
     async def _framework_error(error: HTTPException):

@@ -12,6 +12,12 @@ class Base(DeclarativeBase):
     pass
 
 
+# Ids are INTEGER columns: 32-bit on PostgreSQL (64 on SQLite). Routes taking
+# an id refuse a larger number as an unknown one (404) instead of passing the
+# database a value it cannot compare.
+MAX_ID = 2**31 - 1
+
+
 class UserMixin:
     """Flask-Login's UserMixin: the attributes ``current_user`` promises for a real user."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conftest import auth_cookie, client_with_cookie, csrf_from, db_rows, register_api
 
 PASSWORD = "correct horse battery"
@@ -199,3 +201,16 @@ async def test_html_revoke_without_csrf_is_403(app):
     client = app.test_client()
     await register_api(client, "alice")
     assert (await client.post("/account/sessions/revoke-others")).status_code == 403
+
+
+@pytest.mark.parametrize("session_id", [2**31 - 1, 2**31, 2**63, 10**30])
+async def test_revoking_an_id_past_the_column_range_is_404_not_500(app, session_id):
+    """A session id larger than any the database holds is unknown: 404 on both routes, nothing revoked."""
+    client = app.test_client()
+    await register_api(client, "alice")
+    response = await client.delete(f"/api/sessions/{session_id}")
+    assert response.status_code == 404
+    token = await csrf_from(client, "/account")
+    response = await client.post(f"/account/sessions/{session_id}/revoke", form={"csrf_token": token})
+    assert response.status_code == 404
+    assert (await client.get("/api/me")).status_code == 200

@@ -9,6 +9,19 @@ from quart import Blueprint, Response, request
 
 from ..auth import current_user, login_required, logout_user, service, sessions
 from ..errors import HTTPError
+from ..models import MAX_ID
+from .schemas import (
+    LoginRequest,
+    PasswordChangeRequest,
+    PublicUser,
+    RegisterRequest,
+    SessionInfo,
+    body,
+    errors,
+    needs_login,
+    no_content,
+    returns,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -30,6 +43,9 @@ async def json_body(*, optional: bool = False) -> dict[str, Any]:
 
 
 @bp.post("/register")
+@body(RegisterRequest)
+@returns(PublicUser, 201)
+@errors(400, 403, 409, 413, 415, 503)
 async def register():
     """Create an account and log it in: 201 with the public user."""
     user = await service.register(await json_body())
@@ -37,6 +53,9 @@ async def register():
 
 
 @bp.post("/login")
+@body(LoginRequest)
+@returns(PublicUser, 200)
+@errors(400, 401, 403, 413, 415, 429, 503)
 async def login():
     """Log in by username or email: 200 with the public user, or 401."""
     user = await service.authenticate(await json_body())
@@ -44,6 +63,9 @@ async def login():
 
 
 @bp.post("/logout")
+@needs_login
+@no_content
+@errors(400, 401, 403, 413, 415, 503)
 @login_required
 async def logout():
     """End this session on the server: 204."""
@@ -53,6 +75,9 @@ async def logout():
 
 
 @bp.get("/me")
+@needs_login
+@returns(PublicUser, 200)
+@errors(401, 503)
 @login_required
 async def me():
     """The logged-in user."""
@@ -60,6 +85,10 @@ async def me():
 
 
 @bp.post("/password")
+@needs_login
+@body(PasswordChangeRequest)
+@no_content
+@errors(400, 401, 403, 413, 415, 503)
 @login_required
 async def change_password():
     """Change the password: 204; every other session is revoked and this one re-issued."""
@@ -68,6 +97,9 @@ async def change_password():
 
 
 @bp.get("/sessions")
+@needs_login
+@returns(list[SessionInfo], 200)
+@errors(401, 503)
 @login_required
 async def list_sessions():
     """This user's active sessions."""
@@ -75,7 +107,10 @@ async def list_sessions():
     return [sessions.describe(row) for row in rows], 200
 
 
-@bp.delete("/sessions/<int:session_id>")
+@bp.delete(f"/sessions/<int(max={MAX_ID}):session_id>")
+@needs_login
+@no_content
+@errors(401, 403, 404, 503)
 @login_required
 async def revoke_session(session_id: int):
     """Revoke one of this user's sessions: 204, or 404 if it is not theirs."""
@@ -85,6 +120,9 @@ async def revoke_session(session_id: int):
 
 
 @bp.post("/sessions/revoke-others")
+@needs_login
+@no_content
+@errors(400, 401, 403, 413, 415, 503)
 @login_required
 async def revoke_other_sessions():
     """Revoke every other session of this user: 204."""

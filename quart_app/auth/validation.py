@@ -9,7 +9,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from ..errors import HTTPError
+from ..errors import INVALID_FIELDS, HTTPError
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,32}", re.ASCII)
 PASSWORD_MIN, PASSWORD_MAX = 8, 1024
@@ -20,7 +20,7 @@ class ValidationError(HTTPError):
     """400 with a message per field; the form is shown again with them."""
 
     def __init__(self, fields: dict[str, str]) -> None:
-        super().__init__(400, "Please correct the highlighted fields.", fields=fields)
+        super().__init__(400, INVALID_FIELDS, fields=fields)
 
 
 @dataclass(frozen=True)

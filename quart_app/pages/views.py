@@ -10,6 +10,7 @@ from ..auth import current_user, login_required, logout_user, service, sessions
 from ..auth.validation import ValidationError
 from ..core.csrf import UNSAFE_METHODS, require_csrf_token
 from ..errors import HTTPError
+from ..models import MAX_ID
 
 bp = Blueprint("pages", __name__)
 
@@ -159,7 +160,7 @@ async def change_password():
     return redirect(url_for("pages.account"))
 
 
-@bp.post("/account/sessions/<int:session_id>/revoke")
+@bp.post(f"/account/sessions/<int(max={MAX_ID}):session_id>/revoke")
 @login_required
 async def revoke_session(session_id: int):
     """Log out one session of this user (this one included)."""

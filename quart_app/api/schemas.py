@@ -1,0 +1,150 @@
+"""The JSON API's bodies as pydantic models, and the decorators that put them in the OpenAPI document.
+
+Request models document what a client sends; the rules themselves are
+checked by ``auth/validation.py``, the one place the HTML forms share, so
+their constraints are built from its constants. Success bodies are checked
+at run time too (Quart-Schema's ``validate_response``): a response can carry
+only the fields of its model, never a password hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
+from quart_schema import document_request, document_response, security_scheme, validate_response
+
+from ..auth.validation import EMAIL_MAX, PASSWORD_MAX, PASSWORD_MIN, USERNAME_RE
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The auth cookie, as the OpenAPI security scheme names it (see docs.py).
+COOKIE_AUTH = "cookieAuth"
+
+Username = Annotated[
+    str,
+    Field(
+        pattern=f"^{USERNAME_RE.pattern}$",
+        description="3 to 32 letters, digits, '_', '.' or '-'; unique without regard to case.",
+        examples=["alice"],
+    ),
+]
+Email = Annotated[
+    str,
+    Field(
+        max_length=EMAIL_MAX,
+        json_schema_extra={"format": "email"},
+        description=(
+            "A valid address, unique without regard to case; special-use domains (.test, .invalid, "
+            ".localhost, …) are refused."
+        ),
+        examples=["alice@example.com"],
+    ),
+]
+Password = Annotated[
+    str,
+    Field(
+        min_length=PASSWORD_MIN,
+        max_length=PASSWORD_MAX,
+        description=f"{PASSWORD_MIN} to {PASSWORD_MAX} characters, any Unicode.",
+        examples=["correct horse battery"],
+    ),
+]
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"}, examples=["2026-01-01T12:00:00Z"])]
+
+
+# -- requests ------------------------------------------------------------------
+
+
+class RegisterRequest(BaseModel):
+    """A new account."""
+
+    username: Username
+    email: Email
+    password: Password
+
+
+class LoginRequest(BaseModel):
+    """Credentials: the username field also takes the email."""
+
+    username: str = Field(min_length=1, description="The username or the email.", examples=["alice"])
+    password: str = Field(min_length=1, examples=["correct horse battery"])
+    remember: bool = Field(
+        default=False, description="A persistent cookie (the configured duration) instead of a session cookie."
+    )
+
+
+class PasswordChangeRequest(BaseModel):
+    """The current password and the new one."""
+
+    current_password: str = Field(min_length=1)
+    new_password: Password
+
+
+# -- responses -----------------------------------------------------------------
+
+
+class PublicUser(BaseModel):
+    """The user: never the password or its hash."""
+
+    id: int
+    username: str
+    email: str
+
+
+class SessionInfo(BaseModel):
+    """One active session of the user (its id is not the cookie's secret)."""
+
+    id: int
+    created_at: Timestamp
+    last_seen_at: Timestamp
+    ip: str | None
+    user_agent: str | None
+    current: bool = Field(description="True for the session that made this request.")
+
+
+class ErrorBody(BaseModel):
+    """The one error shape; validation errors name each invalid field in `fields`."""
+
+    error: str
+    fields: dict[str, str] | SkipJsonSchema[None] = Field(
+        default=None,
+        # Absent, never null: keep pydantic's "default": null out of the document.
+        json_schema_extra=lambda schema: schema.pop("default", None),
+    )
+
+
+# -- decorators ----------------------------------------------------------------
+
+
+def body(model: type[BaseModel]) -> Callable[[F], F]:
+    """Document ``model`` as the route's JSON request body (validated by the auth service)."""
+    return document_request(model)
+
+
+def returns(model: Any, status: int) -> Callable[[F], F]:
+    """The success body: documented, and checked (and trimmed to the model's fields) at run time."""
+    return validate_response(model, status)
+
+
+def no_content(func: F) -> F:
+    """Document a 204 answer without a body."""
+    return document_response(None, 204)(func)
+
+
+def errors(*statuses: int) -> Callable[[F], F]:
+    """Document each status as an ``ErrorBody`` answer."""
+
+    def decorator(func: F) -> F:
+        for status in statuses:
+            func = document_response(ErrorBody, status)(func)
+        return func
+
+    return decorator
+
+
+def needs_login(func: F) -> F:
+    """Document that the route takes the auth cookie (the route itself is ``login_required``)."""
+    return security_scheme([{COOKIE_AUTH: []}])(func)
