@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import auth_cookie, client_with_cookie, csrf_from, db_rows, register_api
 
 PASSWORD = "correct horse battery"
