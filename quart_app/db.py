@@ -2,14 +2,19 @@
 
 SQLite is a library, not a server: aiosqlite hands every call (cursor,
 execute, fetch, close, commit) to its connection thread and back, several
-round trips per query. The hot path instead runs a whole unit of work in one
-trip to a small thread pool with a plain (sync) SQLAlchemy session; on a
-server database the same unit runs on the request's AsyncSession.
+round trips per query. Units of work instead run in one trip to a small
+thread pool with a plain (sync) SQLAlchemy session; on a server database the
+same unit runs on the request's AsyncSession. The per-request session lookup
+goes one step further on SQLite: its SQL, compiled once from the same
+SQLAlchemy statement, runs on each thread's own sqlite3 connection
+(``run_sqlite``), with no Session, pool checkout or ORM in between.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,15 +75,19 @@ def _configure_sqlite(engine: AsyncEngine | Engine, busy_timeout_ms: int) -> Non
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
-        cursor = dbapi_connection.cursor()
-        # WAL lets readers run beside the one writer; busy_timeout makes a
-        # writer wait for the lock (across worker processes) instead of
-        # failing with "database is locked"; foreign keys are off by default.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+        _sqlite_pragmas(dbapi_connection, busy_timeout_ms)
+
+
+def _sqlite_pragmas(connection, busy_timeout_ms: int) -> None:
+    cursor = connection.cursor()
+    # WAL lets readers run beside the one writer; busy_timeout makes a
+    # writer wait for the lock (across worker processes) instead of
+    # failing with "database is locked"; foreign keys are off by default.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 class Database:
@@ -90,6 +99,9 @@ class Database:
         self.sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._thread_engine: Engine | None = None
         self._threads: ThreadPoolExecutor | None = None
+        # Each SQLite thread's own sqlite3 connection (autocommit), for run_sqlite.
+        self._local = threading.local()
+        self._raw_connections: list[sqlite3.Connection] = []
         app.extensions[_EXTENSION] = self
         app.before_serving(self.connect)
         app.after_serving(self.dispose)
@@ -103,13 +115,18 @@ class Database:
         if _is_sqlite_file(self.settings.DATABASE_URL):
             self._thread_engine = _create_sqlite_thread_engine(self.settings)
             self._threads = ThreadPoolExecutor(
-                max_workers=self.settings.SQLITE_THREADS, thread_name_prefix="sqlite"
+                max_workers=self.settings.SQLITE_THREADS,
+                thread_name_prefix="sqlite",
+                initializer=self._open_raw_connection,
             )
 
     async def dispose(self) -> None:
         if self._threads is not None:
             self._threads.shutdown(wait=True)
             self._threads = None
+        for connection in self._raw_connections:
+            connection.close()
+        self._raw_connections.clear()
         if self._thread_engine is not None:
             self._thread_engine.dispose()
             self._thread_engine = None
@@ -117,6 +134,19 @@ class Database:
             await self.engine.dispose()
             self.engine = None
             self.sessionmaker = None
+
+    def _open_raw_connection(self) -> None:
+        path = make_url(self.settings.DATABASE_URL).database
+        # isolation_level=None: each statement commits on its own (the fast
+        # path's statements are single reads and single-row updates);
+        # check_same_thread=False only so that dispose() can close it.
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        _sqlite_pragmas(connection, self.settings.SQLITE_BUSY_TIMEOUT_MS)
+        self._local.connection = connection
+        self._raw_connections.append(connection)
+
+    def _run_raw(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return work(self._local.connection)
 
     def _run_in_thread(self, work: Callable[[Session], T]) -> T:
         with Session(self._thread_engine, expire_on_commit=False) as session:
@@ -158,3 +188,14 @@ async def run_unit(work: Callable[[Session], T]) -> T:
     if database._threads is not None:
         return await asyncio.get_running_loop().run_in_executor(database._threads, database._run_in_thread, work)
     return await get_db().run_sync(work)
+
+
+def sqlite_threads() -> Database | None:
+    """This app's Database when it runs SQLite units on its own threads (a SQLite file), else None."""
+    database: Database = current_app.extensions[_EXTENSION]
+    return database if database._threads is not None else None
+
+
+async def run_sqlite(database: Database, work: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``work(connection)`` on one of ``database``'s SQLite threads, with that thread's sqlite3 connection."""
+    return await asyncio.get_running_loop().run_in_executor(database._threads, database._run_raw, work)

@@ -333,13 +333,17 @@ async def test_session_lookup_runs_on_the_sqlite_threads_not_the_loop(app, clien
     await register_api(client, "alice")
     database = app.extensions["quart_app.db"]
     threads = []
-    original = database._run_in_thread
 
-    def spy(work):
-        threads.append(threading.current_thread().name)
-        return original(work)
+    def spying(original):
+        def spy(work):
+            threads.append(threading.current_thread().name)
+            return original(work)
 
-    database._run_in_thread = spy
+        return spy
+
+    # Either kind of trip: a SQLAlchemy unit of work, or SQL on the thread's own connection.
+    database._run_in_thread = spying(database._run_in_thread)
+    database._run_raw = spying(database._run_raw)
     assert (await client.get("/dashboard")).status_code == 200
     assert len(threads) == 1 and threads[0].startswith("sqlite")
 

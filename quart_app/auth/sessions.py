@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from quart import g
 from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.orm import Session
 
 from ..core.config import Settings
 from ..core.security import new_session_token, token_digest
-from ..db import get_db, run_unit
+from ..db import get_db, run_sqlite, run_unit, sqlite_threads
 from ..models import AuthEvent, AuthSession, User
 
 
@@ -114,25 +117,97 @@ def _lookup(digest: str, now: datetime, settings: Settings):
 
     def work(session: Session):
         row = session.execute(_RESOLVE, {"digest": digest, "now": now}).first()
-        if row is not None and (now - row.last_seen_at).total_seconds() >= settings.SESSION_TOUCH_INTERVAL:
-            # Records activity and slides the idle expiry of a plain login.
-            session.execute(
-                update(AuthSession)
-                .where(AuthSession.id == row.session_id)
-                .values(
-                    last_seen_at=now,
-                    expires_at=_expiry(settings, remember=row.remember, created_at=row.session_created_at, now=now),
-                )
-            )
+        if row is not None and _needs_touch(row, now, settings):
+            session.execute(_TOUCH, _touch_values(row, now, settings))
         session.commit()
         return row
 
     return work
 
 
+# The same statements as SQL for the SQLite threads' own sqlite3 connections
+# (see quart_app/db.py): compiled once here, so SQLAlchemy stays their source.
+_TOUCH = (
+    update(AuthSession)
+    .where(AuthSession.id == bindparam("session_id"))
+    .values(last_seen_at=bindparam("seen"), expires_at=bindparam("expires"))
+)
+_SQLITE = sqlite_dialect()
+_RESOLVE_SQLITE = _RESOLVE.compile(dialect=_SQLITE)
+_TOUCH_SQLITE = _TOUCH.compile(dialect=_SQLITE)
+
+
+class _Resolved(NamedTuple):
+    id: int
+    username: str
+    email: str
+    password_hash: str
+    created_at: datetime | None
+    session_id: int
+    remember: bool
+    session_created_at: datetime
+    last_seen_at: datetime
+
+
+def _sqlite_time(moment: datetime) -> str:
+    # As SQLAlchemy stores a DateTime in SQLite: comparisons in SQL are on this text.
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _lookup_sqlite(digest: str, now: datetime, settings: Settings):
+    """``_lookup`` on a thread's sqlite3 connection: one indexed read; the touch when due, in autocommit."""
+    params = {"digest": digest, "now": _sqlite_time(now)}
+    values = tuple(params[name] for name in _RESOLVE_SQLITE.positiontup)
+
+    def work(connection: sqlite3.Connection) -> _Resolved | None:
+        found = connection.execute(_RESOLVE_SQLITE.string, values).fetchone()
+        if found is None:
+            return None
+        user_id, username, email, password_hash, created, session_id, remember, session_created, seen = found
+        row = _Resolved(
+            user_id,
+            username,
+            email,
+            password_hash,
+            _parse_time(created),
+            session_id,
+            bool(remember),
+            _parse_time(session_created),
+            _parse_time(seen),
+        )
+        if _needs_touch(row, now, settings):
+            touch = _touch_values(row, now, settings)
+            touch = {**touch, "seen": _sqlite_time(touch["seen"]), "expires": _sqlite_time(touch["expires"])}
+            connection.execute(_TOUCH_SQLITE.string, tuple(touch[name] for name in _TOUCH_SQLITE.positiontup))
+        return row
+
+    return work
+
+
+def _needs_touch(row, now: datetime, settings: Settings) -> bool:
+    return (now - row.last_seen_at).total_seconds() >= settings.SESSION_TOUCH_INTERVAL
+
+
+def _touch_values(row, now: datetime, settings: Settings) -> dict[str, object]:
+    # Records activity and slides the idle expiry of a plain login.
+    expires = _expiry(settings, remember=row.remember, created_at=row.session_created_at, now=now)
+    return {"session_id": row.session_id, "seen": now, "expires": expires}
+
+
+async def _find(digest: str, now: datetime, settings: Settings):
+    database = sqlite_threads()
+    if database is not None:
+        return await run_sqlite(database, _lookup_sqlite(digest, now, settings))
+    return await run_unit(_lookup(digest, now, settings))
+
+
 async def resolve(token: str, settings: Settings) -> User | None:
     """The active user whose unexpired session this token opens, in one indexed query."""
-    row = await run_unit(_lookup(token_digest(token), utcnow(), settings))
+    row = await _find(token_digest(token), utcnow(), settings)
     if row is None:
         return None
     g._auth_session = CurrentSession(row.session_id, row.session_created_at, row.remember)
@@ -205,6 +280,13 @@ def describe(row: AuthSession) -> dict[str, object]:
 async def is_live(token: str) -> bool:
     """Whether this session still opens (not revoked, expired or deactivated), without touching it."""
     digest, now = token_digest(token), utcnow()
+    database = sqlite_threads()
+    if database is not None:
+        values = {"digest": digest, "now": _sqlite_time(now)}
+        values = tuple(values[name] for name in _RESOLVE_SQLITE.positiontup)
+        return await run_sqlite(
+            database, lambda connection: connection.execute(_RESOLVE_SQLITE.string, values).fetchone() is not None
+        )
 
     def work(session: Session) -> bool:
         found = session.execute(_RESOLVE, {"digest": digest, "now": now}).first() is not None
