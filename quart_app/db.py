@@ -5,9 +5,10 @@ execute, fetch, close, commit) to its connection thread and back, several
 round trips per query. Units of work instead run in one trip to a small
 thread pool with a plain (sync) SQLAlchemy session; on a server database the
 same unit runs on the request's AsyncSession. The per-request session lookup
-goes one step further on SQLite: its SQL, compiled once from the same
-SQLAlchemy statement, runs on each thread's own sqlite3 connection
-(``run_sqlite``), with no Session, pool checkout or ORM in between.
+goes one step further: its SQL, compiled once from the same SQLAlchemy
+statement, runs on each SQLite thread's own sqlite3 connection
+(``run_sqlite``), or on a pooled asyncpg connection (``asyncpg_connection``),
+with no Session, transaction or ORM in between.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -199,3 +201,22 @@ def sqlite_threads() -> Database | None:
 async def run_sqlite(database: Database, work: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``work(connection)`` on one of ``database``'s SQLite threads, with that thread's sqlite3 connection."""
     return await asyncio.get_running_loop().run_in_executor(database._threads, database._run_raw, work)
+
+
+def uses_asyncpg() -> bool:
+    """Whether this app's database is PostgreSQL through asyncpg."""
+    database: Database = current_app.extensions[_EXTENSION]
+    return database.engine is not None and database.engine.dialect.driver == "asyncpg"
+
+
+@asynccontextmanager
+async def asyncpg_connection() -> AsyncIterator:
+    """A pooled connection's asyncpg connection, outside any transaction (each statement commits).
+
+    Checked out like any other (pre-pinged, bounded by the pool's timeout)
+    and returned to the pool on the way out.
+    """
+    database: Database = current_app.extensions[_EXTENSION]
+    async with database.engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        yield raw.driver_connection

@@ -134,3 +134,17 @@ def register_error_handlers(app: Quart) -> None:
         log.warning("database unavailable: %s", type(getattr(error, "orig", None) or error).__name__)
         return await error_response(HTTPError(503, MESSAGES[503], headers={"Retry-After": "1"}))
 
+    try:
+        from asyncpg.exceptions import (
+            ConnectionDoesNotExistError,
+            OperatorInterventionError,
+            PostgresConnectionError,
+        )
+    except ImportError:  # PostgreSQL is optional
+        pass
+    else:
+        # The session lookup talks to asyncpg directly (quart_app/db.py): its
+        # own errors for a connection lost mid-request, or a server shutting
+        # down or restarting, arrive unwrapped.
+        for error_class in (ConnectionDoesNotExistError, OperatorInterventionError, PostgresConnectionError):
+            app.register_error_handler(error_class, _database_unavailable)

@@ -270,3 +270,20 @@ async def test_lost_database_is_503_within_the_timeouts_and_service_resumes(data
         assert (await client.get("/api/me")).status_code == 200
     # Nothing half-done from the outage: only alice, and bob was never acknowledged.
     assert database.rows("SELECT username FROM users") == [("alice",)]
+
+
+async def test_connections_the_server_ends_are_replaced_without_an_error(database, make_app):
+    """A failover or restart ends every pooled connection: the next requests are served on new ones."""
+    app = make_app()
+    async with app.test_app():
+        client = app.test_client()
+        assert (await register_api(client, "alice")).status_code == 201
+        for path in ("/api/me", "/dashboard", "/account"):
+            assert (await client.get(path)).status_code == 200
+        [(ended,)] = database.rows(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert ended >= 1
+        for path in ("/api/me", "/dashboard", "/account", "/api/sessions"):
+            assert (await client.get(path)).status_code == 200, path

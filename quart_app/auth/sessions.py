@@ -9,12 +9,13 @@ from typing import NamedTuple
 
 from quart import g
 from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.orm import Session
 
 from ..core.config import Settings
 from ..core.security import new_session_token, token_digest
-from ..db import get_db, run_sqlite, run_unit, sqlite_threads
+from ..db import asyncpg_connection, get_db, run_sqlite, run_unit, sqlite_threads, uses_asyncpg
 from ..models import AuthEvent, AuthSession, User
 
 
@@ -135,6 +136,9 @@ _TOUCH = (
 _SQLITE = sqlite_dialect()
 _RESOLVE_SQLITE = _RESOLVE.compile(dialect=_SQLITE)
 _TOUCH_SQLITE = _TOUCH.compile(dialect=_SQLITE)
+_ASYNCPG = asyncpg_dialect()
+_RESOLVE_ASYNCPG = _RESOLVE.compile(dialect=_ASYNCPG)
+_TOUCH_ASYNCPG = _TOUCH.compile(dialect=_ASYNCPG)
 
 
 class _Resolved(NamedTuple):
@@ -198,10 +202,28 @@ def _touch_values(row, now: datetime, settings: Settings) -> dict[str, object]:
     return {"session_id": row.session_id, "seen": now, "expires": expires}
 
 
+async def _lookup_asyncpg(digest: str, now: datetime, settings: Settings) -> _Resolved | None:
+    """``_lookup`` on a pooled asyncpg connection: one prepared, indexed read; the touch when due."""
+    params = {"digest": digest, "now": now}
+    async with asyncpg_connection() as connection:
+        found = await connection.fetchrow(
+            _RESOLVE_ASYNCPG.string, *(params[name] for name in _RESOLVE_ASYNCPG.positiontup)
+        )
+        if found is None:
+            return None
+        row = _Resolved(*found)
+        if _needs_touch(row, now, settings):
+            touch = _touch_values(row, now, settings)
+            await connection.execute(_TOUCH_ASYNCPG.string, *(touch[name] for name in _TOUCH_ASYNCPG.positiontup))
+    return row
+
+
 async def _find(digest: str, now: datetime, settings: Settings):
     database = sqlite_threads()
     if database is not None:
         return await run_sqlite(database, _lookup_sqlite(digest, now, settings))
+    if uses_asyncpg():
+        return await _lookup_asyncpg(digest, now, settings)
     return await run_unit(_lookup(digest, now, settings))
 
 
