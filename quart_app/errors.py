@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 
 from pydantic import ValidationError as PydanticValidationError
-from quart import Quart, render_template
+from quart import Quart
 from quart_schema import RequestSchemaValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from .core.security import HashQueueFull
+from .rendering import render
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ async def error_response(error: HTTPError):
         if error.fields:
             body["fields"] = error.fields
         return body, error.status, error.headers
-    html = await render_template("error.html", status=error.status, message=error.message)
+    html = await render("error.html", status=error.status, message=error.message)
     return html, error.status, error.headers
 
 

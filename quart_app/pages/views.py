@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from quart import Blueprint, flash, redirect, render_template, request, url_for
+from quart import Blueprint, flash, redirect, request, url_for
 
 from ..auth import current_user, login_required, logout_user, service, sessions
 from ..auth.validation import ValidationError
 from ..core.csrf import UNSAFE_METHODS, require_csrf_token
 from ..errors import HTTPError
 from ..models import MAX_ID
+from ..rendering import render
 
 bp = Blueprint("pages", __name__)
 
@@ -41,7 +42,7 @@ def safe_next(target: str | None) -> str:
 @bp.get("/")
 async def index():
     """Home: links to log in or register, or the username and a log-out button."""
-    return await render_template("index.html")
+    return await render("index.html")
 
 
 @bp.route("/register", methods=["GET", "POST"])
@@ -50,15 +51,15 @@ async def register():
     if current_user.is_authenticated:
         return redirect(url_for("pages.index"))
     if request.method == "GET":
-        return await render_template("register.html", values={}, errors={})
+        return await render("register.html", values={}, errors={})
     form = await request.form
     values = {"username": form.get("username", ""), "email": form.get("email", "")}
     try:
         user = await service.register(form)
     except ValidationError as exc:
-        return await render_template("register.html", values=values, errors=exc.fields, message=exc.message), 400
+        return await render("register.html", values=values, errors=exc.fields, message=exc.message), 400
     except HTTPError as exc:
-        return await render_template("register.html", values=values, errors={}, message=exc.message), exc.status
+        return await render("register.html", values=values, errors={}, message=exc.message), exc.status
     await flash(f"Registration successful, welcome {user.username}!", "success")
     return redirect(url_for("pages.index"))
 
@@ -70,19 +71,19 @@ async def login():
         return redirect(url_for("pages.index"))
     next_page = request.args.get("next")
     if request.method == "GET":
-        return await render_template("login.html", values={}, errors={}, next=next_page)
+        return await render("login.html", values={}, errors={}, next=next_page)
     form = await request.form
     values = {"username": form.get("username", ""), "remember": bool(form.get("remember"))}
     try:
         user = await service.authenticate(form)
     except ValidationError as exc:
         return (
-            await render_template("login.html", values=values, errors=exc.fields, message=exc.message, next=next_page),
+            await render("login.html", values=values, errors=exc.fields, message=exc.message, next=next_page),
             400,
         )
     except HTTPError as exc:
         return (
-            await render_template("login.html", values=values, errors={}, message=exc.message, next=next_page),
+            await render("login.html", values=values, errors={}, message=exc.message, next=next_page),
             exc.status,
             exc.headers,
         )
@@ -104,7 +105,7 @@ async def logout():
 @login_required
 async def dashboard():
     """The protected page: greets the logged-in user."""
-    return await render_template("dashboard.html")
+    return await render("dashboard.html")
 
 
 @bp.route("/reauthenticate", methods=["GET", "POST"])
@@ -113,7 +114,7 @@ async def reauthenticate():
     """Re-enter the password to make this session fresh (for ``fresh_login_required`` views)."""
     next_page = request.args.get("next")
     if request.method == "GET":
-        return await render_template("reauthenticate.html", errors={}, next=next_page)
+        return await render("reauthenticate.html", errors={}, next=next_page)
     form = await request.form
     current = sessions.current_session()
     try:
@@ -125,9 +126,9 @@ async def reauthenticate():
             }
         )
     except ValidationError as exc:
-        return await render_template("reauthenticate.html", errors=exc.fields, message=exc.message, next=next_page), 400
+        return await render("reauthenticate.html", errors=exc.fields, message=exc.message, next=next_page), 400
     except HTTPError as exc:
-        page = await render_template("reauthenticate.html", errors={}, message=exc.message, next=next_page)
+        page = await render("reauthenticate.html", errors={}, message=exc.message, next=next_page)
         return page, exc.status, exc.headers
     return redirect(safe_next(next_page))
 
@@ -137,7 +138,7 @@ async def reauthenticate():
 async def account():
     """The change-password form and this user's active sessions, each with a revoke button."""
     rows = await sessions.list_for(current_user.id)
-    return await render_template("account.html", sessions=[sessions.describe(r) for r in rows], errors={})
+    return await render("account.html", sessions=[sessions.describe(r) for r in rows], errors={})
 
 
 @bp.post("/account/password")
@@ -149,7 +150,7 @@ async def change_password():
         await service.change_password(current_user._get_current_object(), form)
     except HTTPError as exc:
         rows = await sessions.list_for(current_user.id)
-        page = await render_template(
+        page = await render(
             "account.html",
             sessions=[sessions.describe(r) for r in rows],
             errors=exc.fields or {},
