@@ -396,3 +396,18 @@ async def test_behind_a_trusted_proxy_the_client_ip_is_the_forwarded_one(make_ap
             assert response.status_code == 201, await response.get_data(as_text=True)
         sql = "SELECT s.ip FROM auth_sessions s JOIN users u ON u.id = s.user_id WHERE u.username = ?"
         assert db_rows(database, sql, username) == [(expected,)]
+
+
+async def test_a_remembered_cookie_still_expires_at_its_signature_max_age(make_app, monkeypatch):
+    """Verified cookies are remembered per worker, but not past REMEMBER_COOKIE_DURATION after signing."""
+    import time
+
+    app = make_app(REMEMBER_COOKIE_DURATION=3600, SESSION_IDLE_TIMEOUT=3600, SESSION_ABSOLUTE_TIMEOUT=3600)
+    async with app.test_app():
+        client = app.test_client()
+        await register_api(client, "alice")
+        assert (await client.get("/api/me")).status_code == 200  # verified, and remembered
+        assert (await client.get("/api/me")).status_code == 200
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() + 3601)
+        assert (await client.get("/api/me")).status_code == 401
