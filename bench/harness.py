@@ -5,10 +5,16 @@ meant to be run alone, but can be, with the variables ``bench/run`` exports.
 Standard library only (the chart is ``report.py``'s business).
 
 Servers (all on 127.0.0.1, ports chosen free from BENCH_PORT_BASE):
-  port           hypercorn -c hypercorn.toml "quart_app:create_app()"   (the project's config)
+  port           hypercorn -c hypercorn.toml "quart_app:create_app()"   (the project's config), SQLite
+  port_pg        the same, on PostgreSQL (BENCH_PG_URL, a private cluster bench/run starts);
+                 measured in the protected and login scenarios only
   flask_sync     gunicorn -w 2 --backlog 2048 app:app                    (bench/flask_ref)
   flask_gthread  gunicorn -w 2 -k gthread --threads 8 --backlog 2048 app:app
 and for the floor: bare_asgi / bare_quart on the same hypercorn.toml, bare Flask on both gunicorns.
+
+If BENCH_PG_URL is empty (bench/run sets BENCH_PG_MISSING to why) or the port
+cannot be set up on it, port_pg is left out, said so in the log and marked
+missing in latest.json; everything else runs as usual.
 
 Every child is started in its own process group, its pid written to
 ``<raw>/pids``, and stopped (SIGTERM, then SIGKILL) in a ``finally``.
@@ -56,12 +62,23 @@ NOISE_RETRIES = int(os.environ.get("BENCH_NOISE_RETRIES", "2"))
 BACKLOG = 2048  # = hypercorn.toml's backlog (and gunicorn's default)
 UA = "bench"  # wrk's scripts send the same User-Agent (Flask-Login's session protection hashes it)
 LUA = BENCH / "lua"
+# The PostgreSQL variant (bench/run starts the cluster and exports these).
+PG_URL = os.environ.get("BENCH_PG_URL", "")
+PG_MISSING = os.environ.get("BENCH_PG_MISSING", "")
+PG_PID = int(os.environ.get("BENCH_PG_PID") or 0)  # the postmaster: its CPU and its children's count as the DB's
+PG_SETTINGS = os.environ.get("BENCH_PG_SETTINGS", "")  # "name=value name=value ..." as the server reports them
+PG_VERSION = os.environ.get("BENCH_PG_VERSION", "")
+PG_FS = os.environ.get("BENCH_PG_FS", "")  # the cluster's filesystem type
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
-SERVERS = ["port", "flask_sync", "flask_gthread"]
+SERVERS = ["port", "port_pg", "flask_sync", "flask_gthread"]
+PORT_SERVERS = {"port", "port_pg"}  # the port's app (registration, CSRF, JSON login status)
+# port_pg is measured in these only (no storm, no floor).
+PG_SCENARIOS = {"protected_64", "protected_512", "login_form", "login_json"}
 LABELS = {
-    "port": "Quart port (hypercorn, 2 workers, uvloop)",
+    "port": "Quart port (hypercorn, 2 workers, uvloop), SQLite",
+    "port_pg": "Quart port (hypercorn, 2 workers, uvloop), PostgreSQL (asyncpg)",
     "flask_sync": "Flask ref (gunicorn, 2 sync workers)",
     "flask_gthread": "Flask ref (gunicorn, 2 gthread workers x 8 threads)",
     "bare_asgi": "bare ASGI hello (hypercorn.toml)",
@@ -151,6 +168,27 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / CLK_TCK
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU of a server we did not start (PostgreSQL's postmaster ``root``): its own, its live children's,
+    and that of the children it has reaped (cutime+cstime), so backends that come and go still count."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[1] is field 4 (ppid); utime 14, stime 15, cutime 16, cstime 17.
+        if int(entry) == root:
+            total += sum(int(x) for x in fields[11:15])
+        elif int(fields[1]) == root:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) jiffies from /proc/stat."""
     with open("/proc/stat") as fh:
@@ -189,8 +227,9 @@ def free_port(start: int) -> int:
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], cwd: Path, env: dict[str, str], port: int):
+    def __init__(self, name: str, cmd: list[str], cwd: Path, env: dict[str, str], port: int, db_pid: int = 0):
         self.name, self.cmd, self.cwd, self.env, self.port = name, cmd, cwd, env, port
+        self.db_pid = db_pid  # a database server's postmaster whose CPU is this server's too (port_pg)
         self.proc: subprocess.Popen | None = None
         self.logfile = RAW / f"server-{name}.log"
 
@@ -223,15 +262,23 @@ class Server:
         raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.logfile}:\n{tail(self.logfile)}")
 
     def cpu(self) -> float:
+        """The app server's own processes."""
         return group_cpu_seconds(self.proc.pid) if self.proc else 0.0
+
+    def db_cpu(self) -> float:
+        """The database server's processes (PostgreSQL for port_pg; 0 for SQLite, which runs in the app)."""
+        return tree_cpu_seconds(self.db_pid) if self.db_pid else 0.0
+
+    def total_cpu(self) -> float:
+        return self.cpu() + self.db_cpu()
 
     def quiesce(self, max_wait: float = 10.0) -> None:
         """Wait (bounded) until the server's processes stop using CPU (backlogs drained)."""
         deadline = time.monotonic() + max_wait
         while time.monotonic() < deadline:
-            c0 = self.cpu()
+            c0 = self.total_cpu()
             time.sleep(0.25)
-            if self.cpu() - c0 < 0.0125:  # < 5% of one core
+            if self.total_cpu() - c0 < 0.0125:  # < 5% of one core
                 return
 
     def stop(self) -> None:
@@ -432,8 +479,12 @@ def write_pools(srv: Server, kind: str) -> tuple[Path, Path]:
 
 
 def json_ok(server: str) -> int:
-    # The port answers 200; the seed's Login resource answers 201.
-    return 200 if server == "port" else 201
+    # The port answers 200 (on either database); the seed's Login resource answers 201.
+    return 200 if server in PORT_SERVERS else 201
+
+
+def kind_of(server: str) -> str:
+    return "port" if server in PORT_SERVERS else "flask"
 
 
 # -- wrk ---------------------------------------------------------------------------
@@ -501,21 +552,24 @@ def run_wrk(url, script, args, conns, duration, tag) -> dict:
 
 def measured(srv: Server, fn) -> dict:
     """Run ``fn`` (which runs wrk) while accounting the server's and the machine's CPU."""
-    s0, (b0, t0), w0 = srv.cpu(), machine_cpu(), time.monotonic()
+    s0, d0, (b0, t0), w0 = srv.cpu(), srv.db_cpu(), machine_cpu(), time.monotonic()
     result = fn()
-    s1, (b1, t1), w1 = srv.cpu(), machine_cpu(), time.monotonic()
+    s1, d1, (b1, t1), w1 = srv.cpu(), srv.db_cpu(), machine_cpu(), time.monotonic()
     wall = w1 - w0
     machine_busy = (b1 - b0) / CLK_TCK  # cpu-seconds over all cores
     server_cpu = s1 - s0
+    db_cpu = d1 - d0  # PostgreSQL's processes (port_pg only): part of the system measured, not noise
     wrk_cpu = (result.get("wrk_cpu_s") or 0) + (result.get("storm_logins", {}).get("wrk_cpu_s") or 0)
     extra = {
         "wall_s": round(wall, 3),
         "server_cpu_pct": round(100 * server_cpu / wall, 1),  # % of one core
         "wrk_cpu_pct": round(100 * wrk_cpu / wall, 1),
         # CPU used by anything else on the machine meanwhile (other users' jobs): noise.
-        "other_cpu_pct": round(100 * max(machine_busy - server_cpu - wrk_cpu, 0) / wall, 1),
+        "other_cpu_pct": round(100 * max(machine_busy - server_cpu - db_cpu - wrk_cpu, 0) / wall, 1),
         "machine_cpu_pct": round(100 * (b1 - b0) / max(t1 - t0, 1) * NCPU, 1),
     }
+    if srv.db_pid:
+        extra["db_cpu_pct"] = round(100 * db_cpu / wall, 1)
     result.update(extra)
     return result
 
@@ -582,6 +636,8 @@ def build_cases(srvs: dict[str, Server], cookies: dict[str, str], pools: dict[st
         ("storm", storm),
     ]:
         for name in SERVERS:
+            if name not in srvs or (name == "port_pg" and scenario not in PG_SCENARIOS):
+                continue
             cases.append(Case(scenario, srvs[name], maker(name), warm=scenario != "storm"))
     return cases
 
@@ -624,7 +680,9 @@ def run_cases(cases: list[Case], results: dict, phase: str) -> None:
                 log(
                     f"  -> {r['rps']:.1f}/s p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms"
                     f" non2xx/3xx {r['non_2xx_3xx']} unexpected {r['unexpected']} sock {r['socket_errors']}"
-                    f" | server {r['server_cpu_pct']}% wrk {r['wrk_cpu_pct']}% other {r['other_cpu_pct']}%"
+                    f" | server {r['server_cpu_pct']}%"
+                    + (f" db {r['db_cpu_pct']}%" if "db_cpu_pct" in r else "")
+                    + f" wrk {r['wrk_cpu_pct']}% other {r['other_cpu_pct']}%"
                     + (f" | logins {r['storm_logins']['rps']:.1f}/s" if "storm_logins" in r else "")
                 )
 
@@ -646,6 +704,8 @@ def summarize(results: dict) -> None:
                 "other_cpu_pct": max(r["other_cpu_pct"] for r in runs),
                 "other_cpu_pct_all_runs": max(r["other_cpu_pct"] for r in every),
             }
+            if "db_cpu_pct" in runs[0]:
+                entry["median"]["db_cpu_pct"] = med("db_cpu_pct")
             # Errors count over every run kept, noisy or not.
             entry["totals"] = {
                 "requests": sum(r["requests"] for r in every),
@@ -785,6 +845,52 @@ def hash_ceiling() -> dict:
 # -- main --------------------------------------------------------------------------
 
 
+def alembic_upgrade(env: dict[str, str], logfile: Path) -> subprocess.CompletedProcess:
+    res = subprocess.run(
+        [str(PORT_VENV / "bin" / "alembic"), "upgrade", "head"],
+        cwd=PORT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    logfile.write_text(res.stdout + res.stderr)
+    return res
+
+
+def pg_missing(meta: dict, reason: str) -> None:
+    """Leave the PostgreSQL variant out: say so loudly and record why."""
+    log("=" * 72)
+    log(f"PostgreSQL variant (port_pg) MISSING: {reason}")
+    log("the run goes on without it; the report marks it missing")
+    log("=" * 72)
+    meta["postgresql"]["status"] = "missing"
+    meta["postgresql"]["reason"] = reason
+
+
+def pg_settings() -> dict[str, str]:
+    return dict(item.split("=", 1) for item in PG_SETTINGS.split() if "=" in item)
+
+
+def port_pool_settings() -> dict:
+    """The app's connection pool defaults (the bench does not change them)."""
+    code = (
+        "import json\n"
+        "from quart_app.core.config import Settings as S\n"
+        "print(json.dumps({k: getattr(S, k) for k in "
+        "('DB_POOL_SIZE', 'DB_MAX_OVERFLOW', 'DB_POOL_TIMEOUT', 'DB_COMMAND_TIMEOUT', 'SQLITE_THREADS')}))"
+    )
+    res = subprocess.run(
+        [str(PORT_VENV / "bin" / "python"), "-c", code],
+        cwd=PORT_DIR,
+        env={**os.environ, "PYTHONPATH": str(PORT_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return json.loads(res.stdout) if res.returncode == 0 else {"error": res.stderr[-500:]}
+
+
 def _interrupted(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -802,7 +908,17 @@ def main() -> int:
         "versions": {
             "port_venv": versions(
                 PORT_VENV / "bin" / "python",
-                ["quart", "hypercorn", "quart-auth", "sqlalchemy", "aiosqlite", "argon2-cffi", "uvloop", "werkzeug"],
+                [
+                    "quart",
+                    "hypercorn",
+                    "quart-auth",
+                    "sqlalchemy",
+                    "aiosqlite",
+                    "asyncpg",
+                    "argon2-cffi",
+                    "uvloop",
+                    "werkzeug",
+                ],
             ),
             "flask_venv": versions(
                 FLASK_VENV / "bin" / "python",
@@ -819,6 +935,11 @@ def main() -> int:
             "hypercorn_cmd": 'hypercorn -c hypercorn.toml --bind 127.0.0.1:PORT "quart_app:create_app()"',
             "port_env": "QUART_APP_ENV=production QUART_APP_SECRET_KEY=<random> QUART_APP_DATABASE_URL=<temp sqlite> "
             "QUART_APP_LOGIN_RATE_LIMIT=off",
+            "port_pg_env": "the same, but "
+            "QUART_APP_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:PORT/quart_bench "
+            "(a database of its own, alembic upgrade head, the same users)",
+            "port_pool": port_pool_settings(),
+            "pg_scenarios": sorted(PG_SCENARIOS),
             "gunicorn_sync_cmd": f"gunicorn -w 2 --backlog {BACKLOG} app:app",
             "gunicorn_gthread_cmd": f"gunicorn -w 2 -k gthread --threads 8 --backlog {BACKLOG} app:app",
             "port_form_login": "real form POST /login with a csrf_token + quart_app_session pair per user "
@@ -831,6 +952,15 @@ def main() -> int:
             "noise_retries": NOISE_RETRIES,
         },
         "labels": LABELS,
+        "postgresql": {
+            "status": "ok" if PG_URL else "missing",
+            "reason": None,
+            "version": PG_VERSION or None,
+            "settings": pg_settings(),
+            "filesystem": PG_FS or None,
+            "cluster": "private throwaway cluster (scripts/_pg_cluster.sh, started by bench/run): initdb in a temp "
+            "dir, 127.0.0.1 TCP only, trust auth; durability back on (see settings)",
+        },
     }
     log(f"machine: {NCPU} x {meta['machine']['cpu_model']}, load average {meta['machine']['loadavg_at_start']}")
     log(f"{DURATION}s per measurement, {REPEAT} repetition(s), {WARMUP}s warm-up, {USERS} users")
@@ -857,15 +987,7 @@ def main() -> int:
             "FLASK_REF_SECRET_KEY": secrets.token_urlsafe(48),
         }
         log("migrating the port's database (alembic upgrade head)")
-        res = subprocess.run(
-            [str(PORT_VENV / "bin" / "alembic"), "upgrade", "head"],
-            cwd=PORT_DIR,
-            env=port_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        (RAW / "alembic.log").write_text(res.stdout + res.stderr)
+        res = alembic_upgrade(port_env, RAW / "alembic.log")
         check(res.returncode == 0, f"alembic upgrade head failed:\n{res.stderr[-2000:]}")
         log("creating the Flask reference's tables (db.create_all())")
         res = subprocess.run(
@@ -878,12 +1000,35 @@ def main() -> int:
         )
         check(res.returncode == 0, f"flask create-db failed:\n{res.stderr[-2000:]}")
 
+        # The PostgreSQL variant: the same app and server config, another QUART_APP_DATABASE_URL.
+        # Optional: whatever goes wrong with it is logged, recorded, and the run goes on without it.
+        pg_env = None
+        if PG_URL:
+            pg_env = {
+                **port_env,
+                "QUART_APP_SECRET_KEY": secrets.token_urlsafe(48),
+                "QUART_APP_DATABASE_URL": PG_URL,
+            }
+            log(f"migrating the port's PostgreSQL database (alembic upgrade head) at {PG_URL}")
+            res = alembic_upgrade(pg_env, RAW / "alembic-pg.log")
+            if res.returncode != 0:
+                last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+                pg_missing(meta, f"alembic upgrade head on PostgreSQL failed: {last} (see {RAW / 'alembic-pg.log'})")
+                pg_env = None
+        else:
+            pg_missing(meta, PG_MISSING or "BENCH_PG_URL is not set (run the benchmark with bench/run)")
+
         port = PORT_BASE
         srvs: dict[str, Server] = {}
         for name in SERVERS:
+            if name == "port_pg" and pg_env is None:
+                continue
             port = free_port(port)
             if name == "port":
                 srvs[name] = Server(name, hypercorn_cmd(port, "quart_app:create_app()"), PORT_DIR, port_env, port)
+            elif name == "port_pg":
+                cmd = hypercorn_cmd(port, "quart_app:create_app()")
+                srvs[name] = Server(name, cmd, PORT_DIR, pg_env, port, db_pid=PG_PID)
             elif name == "flask_sync":
                 srvs[name] = Server(name, gunicorn_cmd([], port, "app:app"), BENCH / "flask_ref", flask_env, port)
             else:
@@ -893,19 +1038,39 @@ def main() -> int:
         servers = list(srvs.values())
         for srv in servers:
             srv.start()
+
+        def drop_pg(reason: str) -> None:
+            srvs.pop("port_pg").stop()
+            pg_missing(meta, reason)
+
         for srv in servers:
-            srv.wait_ready("/login")
+            try:
+                srv.wait_ready("/login")
+            except RuntimeError as exc:
+                if srv.name != "port_pg":
+                    raise
+                drop_pg(f"the port did not start on PostgreSQL: {exc}")
+                continue
             log(f"{srv.name} up at {srv.url}")
 
         log(f"registering {USERS} users through each app's own registration endpoint")
         register_users(srvs["port"], "port")
         register_users(srvs["flask_sync"], "flask")  # flask_gthread serves the same database
         cookies, pools = {}, {}
-        for name, srv in srvs.items():
-            kind = "port" if name == "port" else "flask"
-            cookies[name] = cookie_header(browser_login(srv, kind))
-            pools[name] = write_pools(srv, kind)
+        for name, srv in list(srvs.items()):
+            try:
+                if name == "port_pg":
+                    register_users(srv, "port")  # its own database
+                cookies[name] = cookie_header(browser_login(srv, kind_of(name)))
+                pools[name] = write_pools(srv, kind_of(name))
+            except (RuntimeError, OSError) as exc:
+                if name != "port_pg":
+                    raise
+                cookies.pop(name, None)
+                drop_pg(f"setting up users on the port on PostgreSQL failed: {exc}; see {srv.logfile}")
         meta["cookies"] = {name: sorted(k.split("=")[0] for k in c.split("; ")) for name, c in cookies.items()}
+        if "port_pg" in srvs:
+            log("port_pg (the port on PostgreSQL) is ready: measured in " + ", ".join(sorted(PG_SCENARIOS)))
 
         run_cases(build_cases(srvs, cookies, pools), results, "main")
         for srv in servers:

@@ -12,9 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-SERVERS = ["port", "flask_sync", "flask_gthread"]
+SERVERS = ["port", "port_pg", "flask_sync", "flask_gthread"]
 SHORT = {
-    "port": "Quart port",
+    "port": "Quart port (SQLite)",
+    "port_pg": "Quart port (PostgreSQL)",
     "flask_sync": "Flask sync",
     "flask_gthread": "Flask gthread",
     "bare_asgi": "bare ASGI",
@@ -22,7 +23,7 @@ SHORT = {
     "bare_flask_sync": "bare Flask sync",
     "bare_flask_gthread": "bare Flask gthread",
 }
-COLORS = {"port": "#1f77b4", "flask_sync": "#d62728", "flask_gthread": "#ff7f0e"}
+COLORS = {"port": "#1f77b4", "port_pg": "#2ca02c", "flask_sync": "#d62728", "flask_gthread": "#ff7f0e"}
 SCENARIOS = [
     ("protected_64", "protected: GET /dashboard, 64 conns", "req/s"),
     ("protected_512", "protected: GET /dashboard, 512 conns", "req/s"),
@@ -30,6 +31,8 @@ SCENARIOS = [
     ("login_json", "login: JSON POST /api/login, 32 conns", "logins/s"),
     ("storm", "storm: GET /dashboard at 64 conns during a JSON-login loop at 32", "req/s"),
 ]
+# The scenarios the PostgreSQL variant (port_pg) is measured in.
+PG_SCENARIOS = ["protected_64", "protected_512", "login_form", "login_json"]
 NOISY_OTHER_CPU = 25.0  # % of one core used by other processes during a run (if latest.json does not say)
 
 
@@ -51,6 +54,39 @@ def errors_cell(totals: dict) -> str:
     if sock:
         parts.append(f"{sock} socket ({totals['timeouts']} timeouts)")
     return ", ".join(parts) if parts else "0"
+
+
+def cpu_cell(md: dict) -> str:
+    if "db_cpu_pct" in md:
+        return f"{md['server_cpu_pct']:.0f}% + {md['db_cpu_pct']:.0f}% PostgreSQL"
+    return f"{md['server_cpu_pct']:.0f}%"
+
+
+def pg_meta(meta: dict) -> dict:
+    """The PostgreSQL variant's record; an older latest.json has none."""
+    return meta.get("postgresql") or {"status": "missing", "reason": "not in this run (no postgresql in latest.json)"}
+
+
+def pg_line(meta: dict) -> str:
+    pg = pg_meta(meta)
+    pv = meta["versions"]["port_venv"]
+    if pg.get("status") != "ok":
+        return f"- **PostgreSQL variant** (`port_pg`): **missing** — {pg.get('reason') or 'no reason recorded'}"
+    settings = pg.get("settings") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+    pool = meta["config"].get("port_pool") or {}
+    pool_txt = (
+        f"the app's default pool, {pool['DB_POOL_SIZE']} + {pool['DB_MAX_OVERFLOW']} overflow connections per worker"
+        if "DB_POOL_SIZE" in pool
+        else "the app's default pool"
+    )
+    return (
+        f"- **PostgreSQL variant** (`port_pg`): the same port, server and config on PostgreSQL "
+        f"{pg.get('version') or '?'} through asyncpg {pv.get('asyncpg')} ({pool_txt}); {pg.get('cluster')}; "
+        f"filesystem {pg.get('filesystem') or '?'}; server settings as reported by the server: {shown or '?'}. "
+        f"Measured in the protected and login scenarios only; its *server CPU* adds PostgreSQL's processes "
+        f"(which run on the same 2 cores)."
+    )
 
 
 def statuses(totals: dict) -> str:
@@ -100,6 +136,39 @@ def markdown(doc: dict) -> str:
         f"- **Protected page** cookies: {cfg['dashboard_cookies']} "
         f"({'; '.join(f'{SHORT[k]}: ' + ', '.join(v) for k, v in meta.get('cookies', {}).items())})."
     )
+    w(pg_line(meta))
+    w("")
+
+    # the three-way comparison: the port on SQLite, the port on PostgreSQL, the Flask reference
+    w("## The port on SQLite vs on PostgreSQL vs Flask")
+    w("")
+    pg = pg_meta(meta)
+    if pg.get("status") != "ok":
+        w(f"The PostgreSQL variant is **missing** from this run: {pg.get('reason') or 'no reason recorded'}.")
+        w("")
+    w("Median rate per second (p99 ms); *PG / SQLite* is the PostgreSQL rate as a share of the SQLite one.")
+    w("")
+    w("| scenario | Quart port (SQLite) | Quart port (PostgreSQL) | PG / SQLite | Flask sync | Flask gthread |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for key, title, unit in SCENARIOS:
+        if key not in PG_SCENARIOS:
+            continue
+        per = res.get(key, {})
+
+        def cell(name, per=per):
+            e = per.get(name)
+            if not e:
+                return "missing" if name == "port_pg" else "–"
+            md = e["median"]
+            err = "" if errors_cell(e["totals"]) == "0" else " ⚠ errors"
+            return f"{fmt(md['rps'])} ({fmt(md['p99_ms'])}){err}"
+
+        a, b = per.get("port"), per.get("port_pg")
+        ratio = f"{100 * b['median']['rps'] / a['median']['rps']:.0f}%" if a and b and a["median"]["rps"] else "–"
+        w(
+            f"| {title} ({unit}) | {cell('port')} | {cell('port_pg')} | {ratio} | {cell('flask_sync')} "
+            f"| {cell('flask_gthread')} |"
+        )
     w("")
     w("## Results")
     w("")
@@ -113,7 +182,7 @@ def markdown(doc: dict) -> str:
             md = e["median"]
             w(
                 f"| {title} | {SHORT[name]} | {fmt(md['rps'])} {unit} | {fmt(md['p50_ms'])} | {fmt(md['p99_ms'])} "
-                f"| {errors_cell(e['totals'])} | {md['server_cpu_pct']:.0f}% | {md['wrk_cpu_pct']:.0f}% |"
+                f"| {errors_cell(e['totals'])} | {cpu_cell(md)} | {md['wrk_cpu_pct']:.0f}% |"
             )
     for name, e in res.get("floor_64", {}).items():
         md = e["median"]
@@ -125,7 +194,8 @@ def markdown(doc: dict) -> str:
     w("")
     w(
         "CPU columns are % of one core (the machine has "
-        f"{m['nproc']}): the server's processes, and wrk's own use. Errors: wrk's `Non-2xx or 3xx responses`, "
+        f"{m['nproc']}): the server's processes (for the PostgreSQL variant, plus PostgreSQL's), and wrk's own use. "
+        "Errors: wrk's `Non-2xx or 3xx responses`, "
         "responses with another status than the scenario's success status (e.g. a `302` to the login page "
         "where `200` was due, or a form login answered `200` with the form again), and socket errors "
         "(connect/read/write/timeout; a timed-out request has no latency in wrk's percentiles)."
@@ -222,6 +292,8 @@ def markdown(doc: dict) -> str:
 
     # notes
     notes = []
+    if pg.get("status") != "ok":
+        notes.append(f"the PostgreSQL variant (port_pg) is missing: {pg.get('reason') or 'no reason recorded'}")
     retaken = 0
     limit = cfg.get("noise_limit_pct", NOISY_OTHER_CPU)
     for key, per in res.items():
@@ -272,7 +344,8 @@ def chart(doc: dict, path: Path) -> None:
 
     def bars(ax, keys_values, title, ylabel, colors, p99=None):
         labels = [k for k, _ in keys_values]
-        values = [v or 0 for _, v in keys_values]
+        raw = [v for _, v in keys_values]  # None: a server missing from the run
+        values = [v or 0 for v in raw]
         rects = ax.bar(range(len(values)), values, color=colors)
         ax.set_xticks(range(len(values)), labels, rotation=30 if len(values) > 3 else 15, ha="right", fontsize=7.5)
         ax.set_title(title, fontsize=9.5)
@@ -280,7 +353,7 @@ def chart(doc: dict, path: Path) -> None:
         ax.tick_params(axis="y", labelsize=8)
         top = max(values) if values else 1
         for i, r in enumerate(rects):
-            txt = fmt(values[i])
+            txt = "missing" if raw[i] is None else fmt(values[i])
             if p99 and p99[i] is not None:
                 txt += f"\np99 {fmt(p99[i])} ms"
             ax.text(
@@ -290,14 +363,15 @@ def chart(doc: dict, path: Path) -> None:
 
     for ax, (key, title, unit) in zip(axes, SCENARIOS[:4], strict=False):
         per = res.get(key, {})
-        names = [n for n in SERVERS if n in per]
+        # A missing PostgreSQL variant keeps its place, marked "missing".
+        names = [n for n in SERVERS if n in per or (n == "port_pg" and key in PG_SCENARIOS)]
         bars(
             ax,
-            [(SHORT[n], per[n]["median"]["rps"]) for n in names],
+            [(SHORT[n], per[n]["median"]["rps"] if n in per else None) for n in names],
             title,
             unit,
             [COLORS[n] for n in names],
-            [per[n]["median"]["p99_ms"] for n in names],
+            [per[n]["median"]["p99_ms"] if n in per else None for n in names],
         )
 
     # storm: idle vs storm per server
@@ -387,10 +461,11 @@ def chart(doc: dict, path: Path) -> None:
     # p99 overview (log scale)
     ax = axes[7]
     keys = [k for k, _, _ in SCENARIOS]
-    width = 0.27
+    width = 0.8 / len(SERVERS)
     for j, n in enumerate(SERVERS):
         vals = [res.get(k, {}).get(n, {}).get("median", {}).get("p99_ms") or 0 for k in keys]
-        ax.bar([i + (j - 1) * width for i in range(len(keys))], vals, width=width, color=COLORS[n], label=SHORT[n])
+        offset = (j - (len(SERVERS) - 1) / 2) * width
+        ax.bar([i + offset for i in range(len(keys))], vals, width=width, color=COLORS[n], label=SHORT[n])
     ax.set_yscale("log")
     ax.set_xticks(range(len(keys)), [k.replace("_", "\n") for k in keys], fontsize=8)
     ax.set_title("p99 latency per scenario (log scale, lower is better)", fontsize=9.5)
@@ -398,9 +473,11 @@ def chart(doc: dict, path: Path) -> None:
     ax.legend(fontsize=7)
 
     m = meta["machine"]
+    pg = pg_meta(meta)
+    pg_txt = "" if pg.get("status") == "ok" else " — PostgreSQL variant missing"
     fig.suptitle(
-        f"Quart port vs sync Flask reference — {meta['date']} — {m['nproc']} × {m['cpu_model']} — "
-        f"median of {meta['config']['repeat']} × {meta['config']['duration_s']} s, wrk -t1",
+        f"Quart port (SQLite, PostgreSQL) vs sync Flask reference — {meta['date']} — {m['nproc']} × {m['cpu_model']} — "
+        f"median of {meta['config']['repeat']} × {meta['config']['duration_s']} s, wrk -t1{pg_txt}",
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.96))
