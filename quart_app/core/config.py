@@ -56,8 +56,11 @@ class Settings:
     ARGON2_TIME_COST: int = 2
     ARGON2_MEMORY_COST: int = 19 * 1024
     ARGON2_PARALLELISM: int = 1
-    # Threads that hash and verify passwords, off the event loop.
-    HASH_WORKERS: int = os.cpu_count() or 1
+    # Threads per worker process that hash and verify passwords, off the
+    # event loop. In all (workers x this) they should match the cores: more
+    # only take CPU from the event loops while logins pour in. The default
+    # fits hypercorn.toml's 2 workers; set it when running another number.
+    HASH_WORKERS: int = max(1, (os.cpu_count() or 1) // 2)
     # At most this many hashes running or waiting per worker; more get 503.
     HASH_QUEUE_LIMIT: int = 64
     # Failed logins allowed per account (and per account from one client)
