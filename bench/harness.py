@@ -150,9 +150,8 @@ def stop_all() -> None:
         stop_group(pid, grace=5.0)
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """utime+stime of every live process in process group ``pgid``."""
-    total = 0
+def _proc_stats():
+    """(pid, fields) of every live process, ``fields`` being /proc/PID/stat from field 3 (state) on."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -161,10 +160,13 @@ def group_cpu_seconds(pgid: int) -> float:
                 stat = fh.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # fields[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
+        yield int(entry), stat[stat.rindex(")") + 2 :].split()
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime+stime of every live process in process group ``pgid``."""
+    # fields[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
+    total = sum(int(f[11]) + int(f[12]) for _, f in _proc_stats() if int(f[2]) == pgid)
     return total / CLK_TCK
 
 
@@ -172,17 +174,9 @@ def tree_cpu_seconds(root: int) -> float:
     """CPU of a server we did not start (PostgreSQL's postmaster ``root``): its own, its live children's,
     and that of the children it has reaped (cutime+cstime), so backends that come and go still count."""
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
+    for pid, fields in _proc_stats():
         # fields[1] is field 4 (ppid); utime 14, stime 15, cutime 16, cstime 17.
-        if int(entry) == root:
+        if pid == root:
             total += sum(int(x) for x in fields[11:15])
         elif int(fields[1]) == root:
             total += int(fields[11]) + int(fields[12])

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import FAST_HASHING
-from servers import AUTH_COOKIE, Server, client_for, cookie_header, run_cli, serving
-from test_live_serving import POLICY_VIOLATION, REVOKED_WITHIN, WebSocket
+from servers import Server, client_for, cookie_header, run_cli, serving
+from test_live_serving import POLICY_VIOLATION, REVOKED_WITHIN, WebSocket, register
 
 PASSWORD = "correct horse battery"
 # Failed logins per account before the lock (LOGIN_RATE_LIMIT below).
@@ -41,15 +41,6 @@ def instances(tmp_path_factory, migrated_template) -> Iterator[tuple[Server, Ser
             yield a, b
     finally:
         db.drop()
-
-
-async def register(server: Server, username: str) -> str:
-    async with client_for(server) as client:
-        response = await client.post(
-            "/api/register", json={"username": username, "email": f"{username}@example.com", "password": PASSWORD}
-        )
-    assert response.status_code == 201, response.text
-    return response.cookies[AUTH_COOKIE]
 
 
 async def me(server: Server, token: str) -> int:
