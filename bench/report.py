@@ -342,6 +342,10 @@ def chart(doc: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 4, figsize=(20, 9.5))
     axes = axes.flatten()
 
+    def colored_bars(ax, items, title, ylabel):
+        """``bars`` from (label, value, color) triples."""
+        bars(ax, [(label, value) for label, value, _ in items], title, ylabel, [color for _, _, color in items])
+
     def bars(ax, keys_values, title, ylabel, colors, p99=None):
         labels = [k for k, _ in keys_values]
         raw = [v for _, v in keys_values]  # None: a server missing from the run
@@ -429,13 +433,7 @@ def chart(doc: dict, path: Path) -> None:
         elif bare in floor:
             color = COLORS["port"] if "flask" not in bare else COLORS[bare.replace("bare_", "")]
             items.append((SHORT[bare] + " hello", floor[bare]["median"]["rps"], color + "80"))
-    bars(
-        ax,
-        [(lab, v) for lab, v, _ in items],
-        "floor: hello vs the app's /dashboard, 64 conns",
-        "req/s",
-        [c for _, _, c in items],
-    )
+    colored_bars(ax, items, "floor: hello vs the app's /dashboard, 64 conns", "req/s")
 
     # hash ceiling
     ax = axes[6]
@@ -450,13 +448,7 @@ def chart(doc: dict, path: Path) -> None:
                 )
         if "2" in h.get("processes", {}):
             items.append((f"{label}, 2 processes", h["processes"]["2"]["verifies_per_s"], color + "99"))
-    bars(
-        ax,
-        [(lab, v) for lab, v, _ in items],
-        "hash ceiling: verifies/s in-process",
-        "verifies/s",
-        [c for _, _, c in items],
-    )
+    colored_bars(ax, items, "hash ceiling: verifies/s in-process", "verifies/s")
 
     # p99 overview (log scale)
     ax = axes[7]

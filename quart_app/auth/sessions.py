@@ -141,6 +141,11 @@ _RESOLVE_ASYNCPG = _RESOLVE.compile(dialect=_ASYNCPG)
 _TOUCH_ASYNCPG = _TOUCH.compile(dialect=_ASYNCPG)
 
 
+def _bound(compiled, **params) -> tuple:
+    """``params`` in the order of ``compiled``'s positional placeholders."""
+    return tuple(params[name] for name in compiled.positiontup)
+
+
 class _Resolved(NamedTuple):
     id: int
     username: str
@@ -164,8 +169,7 @@ def _parse_time(text: str | None) -> datetime | None:
 
 def _lookup_sqlite(digest: str, now: datetime, settings: Settings):
     """``_lookup`` on a thread's sqlite3 connection: one indexed read; the touch when due, in autocommit."""
-    params = {"digest": digest, "now": _sqlite_time(now)}
-    values = tuple(params[name] for name in _RESOLVE_SQLITE.positiontup)
+    values = _bound(_RESOLVE_SQLITE, digest=digest, now=_sqlite_time(now))
 
     def work(connection: sqlite3.Connection) -> _Resolved | None:
         found = connection.execute(_RESOLVE_SQLITE.string, values).fetchone()
@@ -186,7 +190,7 @@ def _lookup_sqlite(digest: str, now: datetime, settings: Settings):
         if _needs_touch(row, now, settings):
             touch = _touch_values(row, now, settings)
             touch = {**touch, "seen": _sqlite_time(touch["seen"]), "expires": _sqlite_time(touch["expires"])}
-            connection.execute(_TOUCH_SQLITE.string, tuple(touch[name] for name in _TOUCH_SQLITE.positiontup))
+            connection.execute(_TOUCH_SQLITE.string, _bound(_TOUCH_SQLITE, **touch))
         return row
 
     return work
@@ -204,17 +208,14 @@ def _touch_values(row, now: datetime, settings: Settings) -> dict[str, object]:
 
 async def _lookup_asyncpg(digest: str, now: datetime, settings: Settings) -> _Resolved | None:
     """``_lookup`` on a pooled asyncpg connection: one prepared, indexed read; the touch when due."""
-    params = {"digest": digest, "now": now}
     async with asyncpg_connection() as connection:
-        found = await connection.fetchrow(
-            _RESOLVE_ASYNCPG.string, *(params[name] for name in _RESOLVE_ASYNCPG.positiontup)
-        )
+        found = await connection.fetchrow(_RESOLVE_ASYNCPG.string, *_bound(_RESOLVE_ASYNCPG, digest=digest, now=now))
         if found is None:
             return None
         row = _Resolved(*found)
         if _needs_touch(row, now, settings):
             touch = _touch_values(row, now, settings)
-            await connection.execute(_TOUCH_ASYNCPG.string, *(touch[name] for name in _TOUCH_ASYNCPG.positiontup))
+            await connection.execute(_TOUCH_ASYNCPG.string, *_bound(_TOUCH_ASYNCPG, **touch))
     return row
 
 
@@ -304,8 +305,7 @@ async def is_live(token: str) -> bool:
     digest, now = token_digest(token), utcnow()
     database = sqlite_threads()
     if database is not None:
-        values = {"digest": digest, "now": _sqlite_time(now)}
-        values = tuple(values[name] for name in _RESOLVE_SQLITE.positiontup)
+        values = _bound(_RESOLVE_SQLITE, digest=digest, now=_sqlite_time(now))
         return await run_sqlite(
             database, lambda connection: connection.execute(_RESOLVE_SQLITE.string, values).fetchone() is not None
         )
