@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import resource
 import secrets
 import signal
 import socket
@@ -636,7 +637,7 @@ def build_cases(srvs: dict[str, Server], cookies: dict[str, str], pools: dict[st
     return cases
 
 
-def run_cases(cases: list[Case], results: dict, phase: str) -> None:
+def run_cases(cases: list[Case], results: dict, phase: str, paired: dict | None = None) -> None:
     scenarios = list(dict.fromkeys(c.scenario for c in cases))
     for rep in range(REPEAT):
         for scenario in scenarios:
@@ -679,6 +680,8 @@ def run_cases(cases: list[Case], results: dict, phase: str) -> None:
                     + f" wrk {r['wrk_cpu_pct']}% other {r['other_cpu_pct']}%"
                     + (f" | logins {r['storm_logins']['rps']:.1f}/s" if "storm_logins" in r else "")
                 )
+            if paired is not None and scenario in PAIRED_CEILING_SCENARIOS:
+                paired_ceiling(scenario, rep, paired)
 
 
 def summarize(results: dict) -> None:
@@ -783,13 +786,50 @@ def hypercorn_settings() -> dict:
 # -- hash ceiling ------------------------------------------------------------------
 
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+# The port's ceiling (2 threads), sampled once in each repetition of each login
+# scenario, next to the login runs it is compared with: this machine's speed
+# drifts over minutes, so a ceiling taken at the end of the run is no fair
+# yardstick for logins measured half an hour earlier.
+PAIRED_CEILING_SCENARIOS = ("login_form", "login_json")
+
+
+def paired_ceiling(scenario: str, rep: int, paired: dict) -> None:
+    cmd = [
+        str(PORT_VENV / "bin" / "python"),
+        str(BENCH / "hash_ceiling.py"),
+        "--algo",
+        "port",
+        "--seconds",
+        str(DURATION),
+        "--repeat",
+        "1",
+        "--threads",
+        "2",
+        "--processes",
+        "",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(PORT_DIR)}
+    time.sleep(PAUSE)
+    wait_idle()
+    c0, (b0, _), w0 = _children_cpu(), machine_cpu(), time.monotonic()
+    res = subprocess.run(cmd, cwd=PORT_DIR, env=env, capture_output=True, text=True, timeout=600)
+    c1, (b1, _), w1 = _children_cpu(), machine_cpu(), time.monotonic()
+    other = 100 * max((b1 - b0) / CLK_TCK - (c1 - c0), 0) / (w1 - w0)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("HASH_JSON ")), None)
+    if res.returncode != 0 or line is None:
+        raise RuntimeError(f"hash_ceiling.py (paired, {scenario}) failed:\n{res.stderr[-2000:]}")
+    rate = json.loads(line[len("HASH_JSON ") :])["threads"]["2"]["verifies_per_s"]
+    paired.setdefault(scenario, []).append({"rep": rep + 1, "verifies_per_s": rate, "other_cpu_pct": round(other, 1)})
+    log(f"  -> hash ceiling next to {scenario} (rep {rep + 1}): {rate:.1f} verifies/s on 2 threads")
+
+
 def hash_ceiling() -> dict:
     out = {}
-    import resource
-
-    def _children_cpu() -> float:
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return ru.ru_utime + ru.ru_stime
 
     for algo, python, cwd, env_extra in [
         ("port", PORT_VENV / "bin" / "python", PORT_DIR, {"PYTHONPATH": str(PORT_DIR)}),
@@ -960,6 +1000,7 @@ def main() -> int:
     log(f"{DURATION}s per measurement, {REPEAT} repetition(s), {WARMUP}s warm-up, {USERS} users")
 
     results: dict = {}
+    paired: dict = {}  # scenario -> the hash ceiling sampled in each of its repetitions
     servers: list[Server] = []
     try:
         # ---- main servers ------------------------------------------------------
@@ -1066,7 +1107,7 @@ def main() -> int:
         if "port_pg" in srvs:
             log("port_pg (the port on PostgreSQL) is ready: measured in " + ", ".join(sorted(PG_SCENARIOS)))
 
-        run_cases(build_cases(srvs, cookies, pools), results, "main")
+        run_cases(build_cases(srvs, cookies, pools), results, "main", paired)
         for srv in servers:
             srv.stop()
         servers = []
@@ -1118,7 +1159,7 @@ def main() -> int:
 
     summarize(results)
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    doc = {"meta": meta, "scenarios": results, "hash_ceiling": hashes}
+    doc = {"meta": meta, "scenarios": results, "hash_ceiling": hashes, "hash_ceiling_paired": paired}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "latest.json").write_text(json.dumps(doc, indent=1) + "\n")
     log(f"wrote {OUT / 'latest.json'} ({meta['elapsed_s']} s)")

@@ -93,6 +93,93 @@ def statuses(totals: dict) -> str:
     return " ".join(f"{code}×{n}" for code, n in sorted(totals["statuses"].items()))
 
 
+def _median(values):
+    values = sorted(values)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def paired_login_share(doc: dict, scenario: str) -> tuple[float | None, float | None, list[float]]:
+    """(median logins/s, median paired ceiling, per-repetition login/ceiling ratios) for the port."""
+    runs = doc["scenarios"].get(scenario, {}).get("port", {}).get("runs", [])
+    ceilings = doc.get("hash_ceiling_paired", {}).get(scenario, [])
+    ratios = [r["rps"] / c["verifies_per_s"] for r, c in zip(runs, ceilings, strict=False) if c["verifies_per_s"]]
+    return (
+        _median([r["rps"] for r in runs]),
+        _median([c["verifies_per_s"] for c in ceilings]),
+        ratios,
+    )
+
+
+def targets(doc: dict) -> list[str]:
+    """The issue's targets against this run's medians (the port on SQLite)."""
+    res = doc["scenarios"]
+    out = ["## Targets", ""]
+    out.append("| target | measured | met |")
+    out.append("| --- | --- | --- |")
+
+    def med(scenario, name, key="rps"):
+        e = res.get(scenario, {}).get(name)
+        return e["median"][key] if e else None
+
+    def yes(ok):
+        return "yes" if ok else "no"
+
+    for scenario, conns, want in (("protected_64", 64, 1.3), ("protected_512", 512, 1.5)):
+        port = med(scenario, "port")
+        for ref in ("flask_sync", "flask_gthread"):
+            other = med(scenario, ref)
+            if not port or not other:
+                continue
+            ratio = port / other
+            out.append(
+                f"| protected, {conns} conns: ≥ {want}× {SHORT[ref]}'s req/s | {ratio:.2f}× "
+                f"({fmt(port)} vs {fmt(other)}) | {yes(ratio >= want)} |"
+            )
+            if conns == 512:
+                p99, other_p99 = med(scenario, "port", "p99_ms"), med(scenario, ref, "p99_ms")
+                share = p99 / other_p99 if other_p99 else None
+                if share is not None:
+                    out.append(
+                        f"| protected, 512 conns: p99 ≤ ½ of {SHORT[ref]}'s | {share:.2f}× "
+                        f"({fmt(p99)} vs {fmt(other_p99)} ms) | {yes(share <= 0.5)} |"
+                    )
+    for scenario, label in (("login_json", "JSON"), ("login_form", "form")):
+        logins, ceiling, ratios = paired_login_share(doc, scenario)
+        if logins is None or not ratios:
+            continue
+        share = _median(ratios)
+        out.append(
+            f"| {label} logins: ≥ 90 % of the hash ceiling measured beside them | {100 * share:.0f}% "
+            f"({fmt(logins)}/s; ceiling {fmt(ceiling)}/s) | {yes(share >= 0.9)} |"
+        )
+    idle, storm = res.get("protected_64", {}).get("port"), res.get("storm", {}).get("port")
+    if idle and storm:
+        p99, kept = storm["median"]["p99_ms"], storm["median"]["rps"] / idle["median"]["rps"]
+        out.append(f"| storm: dashboard p99 ≤ 100 ms | {fmt(p99)} ms | {yes(p99 <= 100)} |")
+        out.append(f"| storm: dashboard keeps ≥ ¼ of its idle req/s | {100 * kept:.0f}% | {yes(kept >= 0.25)} |")
+    errors = sum(
+        e["totals"]["non_2xx_3xx"]
+        + e["totals"]["unexpected_status"]
+        + e["totals"]["socket_errors"]
+        + e["totals"].get("storm_login_errors", 0)
+        for per in res.values()
+        for name, e in per.items()
+        if name in ("port", "port_pg")
+    )
+    out.append(f"| no errors in any scenario (the port, both databases) | {errors} | {yes(errors == 0)} |")
+    out.append("")
+    out.append(
+        "Ratios are of medians from this one run. The login share is the median over the repetitions of "
+        "(logins/s) ÷ (the port's own verify on 2 threads, in-process, sampled in the same repetition, see "
+        "below)."
+    )
+    out.append("")
+    return out
+
+
 def markdown(doc: dict) -> str:
     meta, res, hashes = doc["meta"], doc["scenarios"], doc.get("hash_ceiling", {})
     m, cfg = meta["machine"], meta["config"]
@@ -138,6 +225,8 @@ def markdown(doc: dict) -> str:
     )
     w(pg_line(meta))
     w("")
+
+    lines.extend(targets(doc))
 
     # the three-way comparison: the port on SQLite, the port on PostgreSQL, the Flask reference
     w("## The port on SQLite vs on PostgreSQL vs Flask")
@@ -289,6 +378,26 @@ def markdown(doc: dict) -> str:
             "JSON scenarios."
         )
         w("")
+        paired = doc.get("hash_ceiling_paired", {})
+        if paired:
+            w(
+                "The machine's speed drifts over a run, so the port's ceiling (2 threads) is also sampled once in "
+                "each repetition of each login scenario, right after the servers' login runs of that repetition:"
+            )
+            w("")
+            w("| scenario | ceiling samples /s | port logins/s per repetition | share per repetition |")
+            w("| --- | --- | --- | --- |")
+            for scenario, label in (("login_form", "form"), ("login_json", "JSON")):
+                samples = paired.get(scenario, [])
+                runs = res.get(scenario, {}).get("port", {}).get("runs", [])
+                _, _, ratios = paired_login_share(doc, scenario)
+                if samples:
+                    w(
+                        f"| {label} | {', '.join(fmt(c['verifies_per_s']) for c in samples)} "
+                        f"| {', '.join(fmt(r['rps']) for r in runs)} "
+                        f"| {', '.join(f'{100 * x:.0f}%' for x in ratios)} |"
+                    )
+            w("")
 
     # notes
     notes = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -67,9 +68,27 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     _drop_sync_blueprint_context_processors(app)
     app.after_request(_security_headers)
     register_cli(app)
+    _freeze_startup_objects(app)
     if settings.PROXY_HOPS:
         app.asgi_app = ProxyFixMiddleware(app.asgi_app, mode="legacy", trusted_hops=settings.PROXY_HOPS)
     return app
+
+
+def _freeze_startup_objects(app: Quart) -> None:
+    # Registered last, so it runs once everything is built: what exists at
+    # startup (modules, the app, its engine) lives as long as the worker, and
+    # Python's full garbage collections would otherwise walk all of it again
+    # and again, pausing the event loop for tens of milliseconds each time
+    # (the tail of a protected page's latency). Frozen, those collections
+    # only look at what serving created.
+    @app.before_serving
+    async def _freeze() -> None:
+        gc.collect()
+        gc.freeze()
+
+    @app.after_serving
+    async def _unfreeze() -> None:
+        gc.unfreeze()
 
 
 def _drop_sync_blueprint_context_processors(app: Quart) -> None:
@@ -100,14 +119,25 @@ def _init_hasher(app: Quart, settings: Settings) -> None:
         hasher.shutdown()
 
 
+# Added to every response that does not set them itself.
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "same-origin"),
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+)
+
+
 async def _security_headers(response: Response) -> Response:
     headers = response.headers
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Referrer-Policy", "same-origin")
-    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-    if request.endpoint != "static":
+    # One pass over what the response has (werkzeug's Headers.setdefault
+    # raises and catches a KeyError for every header it adds).
+    present = {name.lower() for name, _ in headers.items()}
+    for name, value in SECURITY_HEADERS:
+        if name.lower() not in present:
+            headers.add(name, value)
+    if "cache-control" not in present and request.endpoint != "static":
         # Pages and API answers depend on who is logged in: never from a
         # cache, so the back button after logout shows no account data.
-        headers.setdefault("Cache-Control", "no-store")
+        headers.add("Cache-Control", "no-store")
     return response
