@@ -362,6 +362,26 @@ async def test_pages_carry_security_headers(client):
     assert "style=" not in body
 
 
+async def test_security_headers_appear_once_and_static_files_stay_cacheable(client):
+    """Each security header is sent once on a page; static files are not marked no-store."""
+    response = await client.get("/login")
+    for name in ("X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy", "Content-Security-Policy"):
+        assert len(response.headers.getlist(name)) == 1, name
+    assert response.headers.getlist("Cache-Control") == ["no-store"]
+    static = await client.get("/static/style.css")
+    assert "no-store" not in static.headers.get("Cache-Control", "")
+
+
+async def test_page_links_follow_the_script_root_of_each_request(client):
+    """Links are built for the prefix the app is mounted under, request by request (not once for all)."""
+    await register_api(client, "alice")
+    for root in ("", "/prefix", "/other", ""):
+        body = await text(await client.get(f"{root}/dashboard", root_path=root))
+        assert f'href="{root}/account"' in body, root
+        assert f'action="{root}/logout"' in body, root
+        assert f'href="{root}/static/style.css"' in body, root
+
+
 async def test_stylesheet_is_served_locally(client):
     """The stylesheet is a static file of the app (no CDN)."""
     response = await client.get("/static/style.css")
