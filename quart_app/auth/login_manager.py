@@ -30,7 +30,7 @@ from quart_auth import Action, AuthUser, QuartAuth
 from werkzeug.local import LocalProxy
 
 from ..core.config import Settings
-from ..core.signing import SerializerCache
+from ..core.signing import PlainPayload, SerializerCache
 from ..db import commit_pending, get_db
 from ..errors import HTTPError
 from . import sessions
@@ -71,6 +71,9 @@ VERIFIED_COOKIES = 4096
 
 class _CookieAuth(QuartAuth):
     """Quart-Auth with its serializer cached, and templates given our resolved ``current_user``."""
+
+    # Quart-Auth's own (SHA-512 signatures), without payload compression.
+    serializer_class = type("AuthCookieSerializer", (PlainPayload, QuartAuth.serializer_class), {})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._serializers = SerializerCache(lambda keys: self.serializer_class(keys, self.salt))
