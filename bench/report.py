@@ -155,6 +155,21 @@ def targets(doc: dict) -> list[str]:
             f"| {label} logins: ≥ 90 % of the hash ceiling measured beside them | {100 * share:.0f}% "
             f"({fmt(logins)}/s; ceiling {fmt(ceiling)}/s) | {yes(share >= 0.9)} |"
         )
+    cpu_notes = []
+    for scenario, label in (("login_json", "JSON"), ("login_form", "form")):
+        entry = res.get(scenario, {}).get("port")
+        _, ceiling, _ = paired_login_share(doc, scenario)
+        if entry and ceiling and entry["median"]["rps"]:
+            per_login = 10 * entry["median"]["server_cpu_pct"] / entry["median"]["rps"]  # ms of CPU
+            per_verify = 2000 / ceiling  # 2 threads busy for a second give `ceiling` verifies
+            cpu_notes.append(
+                f"{label} logins: the server used {per_login:.1f} ms of CPU per login, of which one verify is "
+                f"{per_verify:.1f} ms in-process (2 cores ÷ the ceiling); "
+                f"the other {per_login - per_verify:.1f} ms are "
+                f"the rest of a login (HTTP, the database, the session and its cookie) and what the hash loses "
+                f"to sharing the cores with it, so at this cost per login the hash gets "
+                f"{100 * per_verify / per_login:.0f}% of the CPU."
+            )
     idle, storm = res.get("protected_64", {}).get("port"), res.get("storm", {}).get("port")
     if idle and storm:
         p99, kept = storm["median"]["p99_ms"], storm["median"]["rps"] / idle["median"]["rps"]
@@ -177,6 +192,10 @@ def targets(doc: dict) -> list[str]:
         "below)."
     )
     out.append("")
+    for note in cpu_notes:
+        out.append(f"- {note}")
+    if cpu_notes:
+        out.append("")
     return out
 
 
