@@ -12,6 +12,12 @@ class Base(DeclarativeBase):
     pass
 
 
+def column_values(obj: Base) -> dict[str, object]:
+    """A new (unsaved) row's column values, by column name, for a Core insert (unset ones left out)."""
+    table = type(obj).__table__
+    return {column.key: value for column in table.columns if (value := getattr(obj, column.key)) is not None}
+
+
 # Ids are INTEGER columns: 32-bit on PostgreSQL (64 on SQLite). Routes taking
 # an id refuse a larger number as an unknown one (404) instead of passing the
 # database a value it cannot compare.
@@ -37,9 +43,7 @@ class User(UserMixin, Base):
     email: Mapped[str] = mapped_column(String(120), unique=True, nullable=False)
     password_hash: Mapped[str] = mapped_column(String(256), nullable=False)
     # Added by the port (revision "port_sessions").
-    is_active: Mapped[bool] = mapped_column(
-        Boolean, nullable=False, default=True, server_default=true()
-    )
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True, server_default=true())
     created_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     __table_args__ = (
@@ -64,9 +68,7 @@ class AuthSession(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
-    user_id: Mapped[int] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
-    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
     remember: Mapped[bool] = mapped_column(Boolean, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
@@ -85,9 +87,7 @@ class AuthEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, index=True)
     event: Mapped[str] = mapped_column(String(32), nullable=False)
-    user_id: Mapped[int | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
-    )
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True)
     ip: Mapped[str | None] = mapped_column(String(45))
     detail: Mapped[str | None] = mapped_column(String(200))
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quart_app.auth.service import _by_username_or_email  # noqa: E402
+from quart_app.auth.service import _BY_USERNAME_OR_EMAIL  # noqa: E402
 from quart_app.auth.sessions import _RESOLVE, utcnow  # noqa: E402
 from quart_app.core.security import token_digest  # noqa: E402
 from quart_app.models import AuthSession, LoginThrottle, User  # noqa: E402
@@ -39,7 +39,7 @@ def statements(now):
     forget = timedelta(minutes=15)
     return [
         ("session lookup (every protected request)", _RESOLVE, {"digest": token_digest("token-1234"), "now": now}),
-        ("login lookup (username or email, any case)", _by_username_or_email("USER1234@EXAMPLE.COM"), {}),
+        ("login lookup (username or email, any case)", _BY_USERNAME_OR_EMAIL, {"ident": "USER1234@EXAMPLE.COM"}),
         (
             "throttle counters (every login)",
             select(LoginThrottle).where(

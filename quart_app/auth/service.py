@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from quart import current_app, request
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,18 +27,22 @@ EMAIL_TAKEN = "Email already registered."
 WRONG_CURRENT_PASSWORD = "Current password is incorrect."
 
 
-def _by_username_or_email(ident: str):
-    # Both sides lower()ed by the database, so the unique lower() indexes serve the lookup.
-    return select(User).where(
-        or_(func.lower(User.username) == func.lower(ident), func.lower(User.email) == func.lower(ident))
+# Both sides lower()ed by the database, so the unique lower() indexes serve
+# the lookup. Built once, columns rather than the entity: a login's lookup
+# needs no identity map or ORM loading (the user is rebuilt from the row).
+_BY_USERNAME_OR_EMAIL = select(*User.__table__.c).where(
+    or_(
+        func.lower(User.username) == func.lower(bindparam("ident")),
+        func.lower(User.email) == func.lower(bindparam("ident")),
     )
+)
 
 
 async def _find(ident: str) -> User | None:
     def work(session: Session) -> User | None:
-        user = session.execute(_by_username_or_email(ident)).scalars().first()
+        row = session.connection().execute(_BY_USERNAME_OR_EMAIL, {"ident": ident}).first()
         session.commit()  # ends the read at once (on a server database, the request's session)
-        return user
+        return None if row is None else User(**row._mapping)
 
     return await run_unit(work)
 
@@ -46,15 +50,19 @@ async def _find(ident: str) -> User | None:
 async def _taken_message(username: str, email: str) -> str | None:
     db = get_db()
     taken = (
-        await db.execute(
-            select(func.lower(User.username) == func.lower(username)).where(
-                or_(
-                    func.lower(User.username) == func.lower(username),
-                    func.lower(User.email) == func.lower(email),
+        (
+            await db.execute(
+                select(func.lower(User.username) == func.lower(username)).where(
+                    or_(
+                        func.lower(User.username) == func.lower(username),
+                        func.lower(User.email) == func.lower(email),
+                    )
                 )
             )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     await db.commit()
     if not taken:
         return None
@@ -155,9 +163,7 @@ async def change_password(user: User, data: Mapping[str, Any]) -> None:
     if not verdict.ok:
         audit("login_failed", user, detail="wrong current password on password change")
         await get_db().commit()
-        raise HTTPError(
-            400, WRONG_CURRENT_PASSWORD, fields={"current_password": WRONG_CURRENT_PASSWORD}
-        )
+        raise HTTPError(400, WRONG_CURRENT_PASSWORD, fields={"current_password": WRONG_CURRENT_PASSWORD})
     new_hash = await hasher.hash(change.new_password)
     current = sessions.current_session()
     db = get_db()

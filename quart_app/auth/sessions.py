@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from quart import g
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.orm import Session
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from ..core.config import Settings
 from ..core.security import new_session_token, token_digest
 from ..db import asyncpg_connection, get_db, run_sqlite, run_unit, sqlite_threads, uses_asyncpg
-from ..models import AuthEvent, AuthSession, User
+from ..models import AuthEvent, AuthSession, User, column_values
 
 
 def utcnow() -> datetime:
@@ -64,29 +64,37 @@ async def start(
     """
     token = new_session_token()
     now = utcnow()
-    row = AuthSession(
-        token_hash=token_digest(token),
-        user_id=user.id,
-        remember=remember,
-        created_at=now,
-        last_seen_at=now,
-        expires_at=_expiry(settings, remember=remember, created_at=now, now=now),
-        ip=(ip or "")[:45] or None,
-        user_agent=(user_agent or "")[:256] or None,
-    )
+    row = {
+        "token_hash": token_digest(token),
+        "user_id": user.id,
+        "remember": remember,
+        "created_at": now,
+        "last_seen_at": now,
+        "expires_at": _expiry(settings, remember=remember, created_at=now, now=now),
+        "ip": (ip or "")[:45] or None,
+        "user_agent": (user_agent or "")[:256] or None,
+    }
+    event_values = None if event is None else column_values(event)
 
     def work(session: Session) -> int:
+        # Core statements on the unit's connection: two inserts need no ORM flush.
+        connection = session.connection()
         if replaces is not None:
-            session.execute(delete(AuthSession).where(AuthSession.token_hash == token_digest(replaces)))
-        if event is not None:
-            session.add(event)
-        session.add(row)
+            connection.execute(_END_REPLACED, {"digest": token_digest(replaces)})
+        if event_values is not None:
+            connection.execute(_INSERT_EVENT, event_values)
+        session_id = connection.execute(_INSERT_SESSION, row).inserted_primary_key[0]
         session.commit()
-        return row.id
+        return session_id
 
     session_id = await run_unit(work)
     g._auth_session = CurrentSession(session_id, now, remember)
     return token
+
+
+_END_REPLACED = delete(AuthSession).where(AuthSession.token_hash == bindparam("digest"))
+_INSERT_EVENT = insert(AuthEvent)
+_INSERT_SESSION = insert(AuthSession)
 
 
 # Built once: the protected hot path only binds two values (the statement's
@@ -256,12 +264,16 @@ async def list_for(user_id: int) -> list[AuthSession]:
     """The user's unexpired sessions, newest activity first."""
     db = get_db()
     rows = (
-        await db.execute(
-            select(AuthSession)
-            .where(AuthSession.user_id == user_id, AuthSession.expires_at > utcnow())
-            .order_by(AuthSession.last_seen_at.desc(), AuthSession.id.desc())
+        (
+            await db.execute(
+                select(AuthSession)
+                .where(AuthSession.user_id == user_id, AuthSession.expires_at > utcnow())
+                .order_by(AuthSession.last_seen_at.desc(), AuthSession.id.desc())
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     await db.commit()
     return list(rows)
 
