@@ -9,6 +9,14 @@ goes one step further: its SQL, compiled once from the same SQLAlchemy
 statement, runs on each SQLite thread's own sqlite3 connection
 (``run_sqlite``), or on a pooled asyncpg connection (``asyncpg_connection``),
 with no Session, transaction or ORM in between.
+
+A database that cannot be reached or does not answer in time is a 503 with
+Retry-After (quart_app/errors.py): ``DatabaseUnavailable`` raised here for
+the paths that bypass SQLAlchemy (asyncpg's connection errors and timeouts on
+the raw lookup, a SQLite file busy past busy_timeout on the SQLite threads'
+own connections); the socket errors and timeouts SQLAlchemy passes on
+unwrapped, when ``raised_by_database`` says so; and SQLAlchemy's own
+``DBAPIError`` when it means a lost or unusable connection.
 """
 
 from __future__ import annotations
@@ -33,6 +41,28 @@ from .core.config import Settings
 
 _EXTENSION = "quart_app.db"
 T = TypeVar("T")
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached, or did not answer in time: nothing was done; retry later."""
+
+
+# What a driver raises when the server is unreachable or silent: the socket's
+# own errors, and asyncio's timeout (asyncpg's timeout and command_timeout).
+# SQLAlchemy passes them on unwrapped (on connect, on the pool's pre-ping, on
+# a statement), so they are recognised by where they were raised.
+_UNREACHABLE = (OSError, TimeoutError)
+_DATABASE_CODE = ("sqlalchemy.", "asyncpg.", __name__)
+
+
+def raised_by_database(error: BaseException) -> bool:
+    """Whether ``error`` came out of the database layer (SQLAlchemy, asyncpg or this module)."""
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(_DATABASE_CODE):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -148,7 +178,14 @@ class Database:
         self._raw_connections.append(connection)
 
     def _run_raw(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        return work(self._local.connection)
+        try:
+            return work(self._local.connection)
+        except sqlite3.OperationalError as error:
+            # Another process holds the file past busy_timeout: transient.
+            # (Other operational errors, "no such table" say, are bugs.)
+            if error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise DatabaseUnavailable(f"SQLite file busy: {error}") from error
+            raise
 
     def _run_in_thread(self, work: Callable[[Session], T]) -> T:
         with Session(self._thread_engine, expire_on_commit=False) as session:
@@ -219,4 +256,16 @@ async def asyncpg_connection() -> AsyncIterator:
     database: Database = current_app.extensions[_EXTENSION]
     async with database.engine.connect() as connection:
         raw = await connection.get_raw_connection()
-        yield raw.driver_connection
+        try:
+            yield raw.driver_connection
+        except (*_UNREACHABLE, *_asyncpg_connection_errors()) as error:
+            # Statements here bypass SQLAlchemy: a lost connection, a server
+            # shutting down, or a statement past DB_COMMAND_TIMEOUT arrive as
+            # asyncpg raises them. The pool pre-pings before the next use.
+            raise DatabaseUnavailable(f"no answer: {type(error).__name__}") from error
+
+
+def _asyncpg_connection_errors() -> tuple[type[Exception], ...]:
+    from asyncpg.exceptions import ConnectionDoesNotExistError, OperatorInterventionError, PostgresConnectionError
+
+    return (ConnectionDoesNotExistError, OperatorInterventionError, PostgresConnectionError)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from .core.security import HashQueueFull
+from .db import DatabaseUnavailable, raised_by_database
 from .rendering import render
 
 log = logging.getLogger(__name__)
@@ -119,14 +120,12 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(DBAPIError)
     @app.errorhandler(PoolTimeout)
-    @app.errorhandler(OSError)
-    @app.errorhandler(TimeoutError)
+    @app.errorhandler(DatabaseUnavailable)
     async def _database_unavailable(error: Exception):
-        # A locked SQLite file past its busy timeout, a lost or unreachable
-        # database server (asyncpg raises the socket's own OSError or
-        # TimeoutError when a connection cannot be made in
-        # DB_CONNECT_TIMEOUT), a statement past DB_COMMAND_TIMEOUT, or no
-        # free pooled connection in time: the client may retry; nothing was
+        # A lost or unusable connection, a database the raw lookup path could
+        # not reach or a SQLite file locked past its busy timeout
+        # (DatabaseUnavailable, from quart_app/db.py), or no free pooled
+        # connection in time: the client may retry; nothing was
         # acknowledged. Any other database error is a bug: a 500.
         if isinstance(error, DBAPIError) and not (
             error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
@@ -135,17 +134,12 @@ def register_error_handlers(app: Quart) -> None:
         log.warning("database unavailable: %s", type(getattr(error, "orig", None) or error).__name__)
         return await error_response(HTTPError(503, MESSAGES[503], headers={"Retry-After": "1"}))
 
-    try:
-        from asyncpg.exceptions import (
-            ConnectionDoesNotExistError,
-            OperatorInterventionError,
-            PostgresConnectionError,
-        )
-    except ImportError:  # PostgreSQL is optional
-        pass
-    else:
-        # The session lookup talks to asyncpg directly (quart_app/db.py): its
-        # own errors for a connection lost mid-request, or a server shutting
-        # down or restarting, arrive unwrapped.
-        for error_class in (ConnectionDoesNotExistError, OperatorInterventionError, PostgresConnectionError):
-            app.register_error_handler(error_class, _database_unavailable)
+    @app.errorhandler(OSError)
+    @app.errorhandler(TimeoutError)
+    async def _driver_gave_up(error: Exception):
+        # asyncpg's socket error or timeout on connect, on the pool's
+        # pre-ping or on a statement, which SQLAlchemy passes on unwrapped.
+        # The same error from anywhere else is a bug: a 500.
+        if not raised_by_database(error):
+            raise error
+        return await _database_unavailable(error)

@@ -348,6 +348,46 @@ async def test_session_lookup_runs_on_the_sqlite_threads_not_the_loop(app, clien
     assert len(threads) == 1 and threads[0].startswith("sqlite")
 
 
+@pytest.mark.sqlite_only("a SQLite file held by another process")
+async def test_a_sqlite_file_held_elsewhere_is_503_then_service_resumes(make_app, database):
+    """A session lookup that must write (its touch) while another process holds the write lock past
+    busy_timeout: 503 + Retry-After, not 500, and the next request after the lock goes is served."""
+    import sqlite3
+
+    # A session is touched (written) when its last touch is a second old.
+    app = make_app(SQLITE_BUSY_TIMEOUT_MS=50, SESSION_TOUCH_INTERVAL=1)
+    async with app.test_app():
+        client = app.test_client()
+        await register_api(client, "alice")
+        assert (await client.get("/dashboard")).status_code == 200
+        holder = sqlite3.connect(database.path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # the file's one write lock, as another worker would hold it
+            await asyncio.sleep(1.1)
+            response = await client.get("/dashboard")
+            assert response.status_code == 503
+            assert response.headers["Retry-After"] == "1"
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert (await client.get("/dashboard")).status_code == 200
+
+
+async def test_an_os_error_outside_the_database_is_a_500_not_a_503(make_app):
+    """Only the database layer's socket errors and timeouts mean "retry later"; anywhere else they are bugs."""
+    app = make_app()
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # answer as in production
+
+    @app.get("/broken")
+    async def broken():
+        raise FileNotFoundError("a file the view expected")
+
+    async with app.test_app():
+        response = await app.test_client().get("/broken")
+    assert response.status_code == 500
+    assert "Retry-After" not in response.headers
+
+
 async def test_no_request_hook_runs_on_a_thread(app):
     """Every hook and context processor is async: Quart would run a sync one on a thread per request."""
     import inspect
