@@ -23,22 +23,24 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from harness import group_cpu_seconds, stop_group  # noqa: E402  (bench/harness.py: standard library only)
+
 ROOT = BENCH.parent
 VENV = Path(os.environ.get("BENCH_PORT_VENV", ROOT / ".venv"))
 LUA = BENCH / "lua"
 USERS = 64
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -115,27 +117,11 @@ class Port:
 
     def cpu(self) -> float:
         """utime + stime of the server's processes (its process group), in seconds."""
-        total = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    stat = fh.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if self.proc and int(fields[2]) == self.proc.pid:
-                total += int(fields[11]) + int(fields[12])
-        return total / CLK_TCK
+        return group_cpu_seconds(self.proc.pid) if self.proc else 0.0
 
     def stop(self) -> None:
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            stop_group(self.proc.pid, grace=15)
             self.proc = None
 
 
