@@ -69,11 +69,14 @@ ANONYMOUS = AnonymousUser()
 VERIFIED_COOKIES = 4096
 
 
+class _AuthCookieSerializer(PlainPayload, QuartAuth.serializer_class):
+    """Quart-Auth's own serializer (SHA-512 signatures), without payload compression."""
+
+
 class _CookieAuth(QuartAuth):
     """Quart-Auth with its serializer cached, and templates given our resolved ``current_user``."""
 
-    # Quart-Auth's own (SHA-512 signatures), without payload compression.
-    serializer_class = type("AuthCookieSerializer", (PlainPayload, QuartAuth.serializer_class), {})
+    serializer_class = _AuthCookieSerializer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._serializers = SerializerCache(lambda keys: self.serializer_class(keys, self.salt))
