@@ -11,7 +11,7 @@ import click
 from quart import Quart
 
 from .auth import service
-from .errors import HTTPError
+from .exceptions import HTTPError
 
 
 def _run(app: Quart, work: Callable[[], Awaitable[Any]]) -> Any:

@@ -4,19 +4,18 @@ SQLite is a library, not a server: aiosqlite hands every call (cursor,
 execute, fetch, close, commit) to its connection thread and back, several
 round trips per query. Units of work instead run in one trip to a small
 thread pool with a plain (sync) SQLAlchemy session; on a server database the
-same unit runs on the request's AsyncSession. The per-request session lookup
-goes one step further: its SQL, compiled once from the same SQLAlchemy
-statement, runs on each SQLite thread's own sqlite3 connection
-(``run_sqlite``), or on a pooled asyncpg connection (``asyncpg_connection``),
-with no Session, transaction or ORM in between.
+same unit runs on an AsyncSession. The SQLite threads also keep a plain
+sqlite3 connection each (``run_sqlite``), and ``asyncpg_connection`` lends a
+pooled asyncpg connection, for the per-request lookup's faster paths
+(quart_app/speedups.py).
 
 A database that cannot be reached or does not answer in time is a 503 with
 Retry-After (quart_app/errors.py): ``DatabaseUnavailable`` raised here for
-the paths that bypass SQLAlchemy (asyncpg's connection errors and timeouts on
-the raw lookup, a SQLite file busy past busy_timeout on the SQLite threads'
-own connections); the socket errors and timeouts SQLAlchemy passes on
-unwrapped, when ``raised_by_database`` says so; and SQLAlchemy's own
-``DBAPIError`` when it means a lost or unusable connection.
+the paths that bypass SQLAlchemy (asyncpg's connection errors and timeouts, a
+SQLite file busy past busy_timeout on the SQLite threads' own connections);
+the socket errors and timeouts SQLAlchemy passes on unwrapped, when
+``raised_by_database`` says so; and SQLAlchemy's own ``DBAPIError`` when it
+means a lost or unusable connection.
 """
 
 from __future__ import annotations
@@ -38,21 +37,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from .core.config import Settings
+from .exceptions import DatabaseUnavailable
 
 _EXTENSION = "quart_app.db"
 T = TypeVar("T")
-
-
-class DatabaseUnavailable(Exception):
-    """The database could not be reached, or did not answer in time: nothing was done; retry later."""
-
 
 # What a driver raises when the server is unreachable or silent: the socket's
 # own errors, and asyncio's timeout (asyncpg's timeout and command_timeout).
 # SQLAlchemy passes them on unwrapped (on connect, on the pool's pre-ping, on
 # a statement), so they are recognised by where they were raised.
 _UNREACHABLE = (OSError, TimeoutError)
-_DATABASE_CODE = ("sqlalchemy.", "asyncpg.", __name__)
+_DATABASE_CODE = ("sqlalchemy.", "asyncpg.", "quart_login.sqlalchemy_store", __name__)
 
 
 def raised_by_database(error: BaseException) -> bool:
@@ -125,7 +120,7 @@ def _sqlite_pragmas(connection, busy_timeout_ms: int) -> None:
 class Database:
     """Owns the engine of this worker; created in before_serving, disposed in after_serving."""
 
-    def __init__(self, app: Quart, settings: Settings) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine: AsyncEngine | None = None
         self.sessionmaker: async_sessionmaker[AsyncSession] | None = None
@@ -134,10 +129,27 @@ class Database:
         # Each SQLite thread's own sqlite3 connection (autocommit), for run_sqlite.
         self._local = threading.local()
         self._raw_connections: list[sqlite3.Connection] = []
+
+    def init_app(self, app: Quart) -> None:
         app.extensions[_EXTENSION] = self
         app.before_serving(self.connect)
         app.after_serving(self.dispose)
         app.teardown_appcontext(self._close_request_session)
+
+    def get_sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        if self.sessionmaker is None:
+            raise RuntimeError("database not connected: serve the app (or use app.test_app())")
+        return self.sessionmaker
+
+    async def run_own_unit(self, work: Callable[[Session], T]) -> T:
+        """Run ``work(db)`` (sync code that commits) in a transaction of its own, never the request's.
+
+        On a SQLite file: one trip to the SQLite threads. Elsewhere: on a new AsyncSession.
+        """
+        if self._threads is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._threads, self._run_in_thread, work)
+        async with self.get_sessionmaker()() as db:
+            return await db.run_sync(work)
 
     async def connect(self) -> None:
         self.engine = create_engine(self.settings)
@@ -188,42 +200,44 @@ class Database:
             raise
 
     def _run_in_thread(self, work: Callable[[Session], T]) -> T:
-        with Session(self._thread_engine, expire_on_commit=False) as session:
-            return work(session)
+        with Session(self._thread_engine, expire_on_commit=False) as db:
+            return work(db)
 
     async def _close_request_session(self, _exc: BaseException | None) -> None:
-        session = g.pop("_db_session", None)
-        if session is not None:
-            await session.close()
+        db = g.pop("_db", None)
+        if db is not None:
+            await db.close()
+
+
+def get_database() -> Database:
+    """The running app's Database."""
+    return current_app.extensions[_EXTENSION]
 
 
 def get_db() -> AsyncSession:
     """The AsyncSession of the current request (opened on first use, closed at teardown)."""
-    session = g.get("_db_session")
-    if session is None:
-        database: Database = current_app.extensions[_EXTENSION]
-        if database.sessionmaker is None:
-            raise RuntimeError("database not connected: serve the app (or use app.test_app())")
-        session = database.sessionmaker()
-        g._db_session = session
-    return session
+    db = g.get("_db")
+    if db is None:
+        db = get_database().get_sessionmaker()()
+        g._db = db
+    return db
 
 
 async def commit_pending() -> None:
     """Commit this request's AsyncSession, if it was used (a no-op otherwise)."""
-    session = g.get("_db_session")
-    if session is not None:
-        await session.commit()
+    db = g.get("_db")
+    if db is not None:
+        await db.commit()
 
 
 async def run_unit(work: Callable[[Session], T]) -> T:
-    """Run ``work(session)`` (sync SQLAlchemy code that commits what it changes) as one unit.
+    """Run ``work(db)`` (sync SQLAlchemy code that commits what it changes) as one unit.
 
     On a SQLite file: one trip to the SQLite thread pool (bounded by
     SQLITE_THREADS), never on the event loop. Elsewhere: on the request's
     AsyncSession, through ``run_sync``.
     """
-    database: Database = current_app.extensions[_EXTENSION]
+    database = get_database()
     if database._threads is not None:
         return await asyncio.get_running_loop().run_in_executor(database._threads, database._run_in_thread, work)
     return await get_db().run_sync(work)
@@ -231,7 +245,7 @@ async def run_unit(work: Callable[[Session], T]) -> T:
 
 def sqlite_threads() -> Database | None:
     """This app's Database when it runs SQLite units on its own threads (a SQLite file), else None."""
-    database: Database = current_app.extensions[_EXTENSION]
+    database = get_database()
     return database if database._threads is not None else None
 
 
@@ -242,7 +256,7 @@ async def run_sqlite(database: Database, work: Callable[[sqlite3.Connection], T]
 
 def uses_asyncpg() -> bool:
     """Whether this app's database is PostgreSQL through asyncpg."""
-    database: Database = current_app.extensions[_EXTENSION]
+    database = get_database()
     return database.engine is not None and database.engine.dialect.driver == "asyncpg"
 
 
@@ -253,7 +267,7 @@ async def asyncpg_connection() -> AsyncIterator:
     Checked out like any other (pre-pinged, bounded by the pool's timeout)
     and returned to the pool on the way out.
     """
-    database: Database = current_app.extensions[_EXTENSION]
+    database = get_database()
     async with database.engine.connect() as connection:
         raw = await connection.get_raw_connection()
         try:

@@ -4,61 +4,30 @@ from __future__ import annotations
 
 import logging
 
-from pydantic import ValidationError as PydanticValidationError
-from quart import Quart
-from quart_schema import RequestSchemaValidationError
+from quart import Quart, request
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from .core.security import HashQueueFull
-from .db import DatabaseUnavailable, raised_by_database
+import quart_login
+
+from .db import raised_by_database
+from .exceptions import MESSAGES, DatabaseUnavailable, HashQueueFull, HTTPError
 from .rendering import render
 
 log = logging.getLogger(__name__)
 
-# Messages for the statuses the framework raises by itself.
-MESSAGES = {
-    400: "The request could not be understood.",
-    401: "Authentication required.",
-    403: "Forbidden.",
-    404: "Not found.",
-    405: "Method not allowed.",
-    413: "Request body too large.",
-    415: "Unsupported content type: send application/json.",
-    429: "Too many requests.",
-    503: "Service temporarily unavailable; try again shortly.",
-}
-INVALID_FIELDS = "Please correct the highlighted fields."
 
-
-class HTTPError(Exception):
-    """An error with a status and a message meant for the user."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        fields: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.fields = fields
-        self.headers = headers or {}
-
-
-def _wants_json() -> bool:
-    # Imported here: the auth layer imports this module.
-    from .auth.login_manager import wants_json
-
-    return wants_json()
+def wants_json() -> bool:
+    """True for API calls and for clients that prefer JSON over HTML (Flask-Login's AJAX case)."""
+    # The path, not the blueprint: a 404 or 405 under /api/ has no blueprint.
+    if request.path == "/api" or request.path.startswith("/api/"):
+        return True
+    return quart_login.wants_json()
 
 
 async def error_response(error: HTTPError):
-    if _wants_json():
+    if wants_json():
         body: dict[str, object] = {"error": error.message}
         if error.fields:
             body["fields"] = error.fields
@@ -67,27 +36,10 @@ async def error_response(error: HTTPError):
     return html, error.status, error.headers
 
 
-def schema_validation_error(error: RequestSchemaValidationError) -> HTTPError:
-    """Quart-Schema's refusal of a body, query string or headers, in the contract's shape (400, ``fields``)."""
-    cause = error.validation_error
-    if not isinstance(cause, PydanticValidationError):
-        return HTTPError(400, MESSAGES[400])
-    fields: dict[str, str] = {}
-    for problem in cause.errors(include_url=False, include_input=False):
-        if not problem["loc"]:  # the body as a whole (not an object, say)
-            return HTTPError(400, problem["msg"])
-        fields.setdefault(".".join(str(part) for part in problem["loc"]), problem["msg"])
-    return HTTPError(400, INVALID_FIELDS, fields=fields)
-
-
 def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(HTTPError)
     async def _http_error(error: HTTPError):
         return await error_response(error)
-
-    @app.errorhandler(RequestSchemaValidationError)
-    async def _schema_error(error: RequestSchemaValidationError):
-        return await error_response(schema_validation_error(error))
 
     @app.errorhandler(HTTPException)
     async def _framework_error(error: HTTPException):
@@ -124,7 +76,7 @@ def register_error_handlers(app: Quart) -> None:
     async def _database_unavailable(error: Exception):
         # A lost or unusable connection, a database the raw lookup path could
         # not reach or a SQLite file locked past its busy timeout
-        # (DatabaseUnavailable, from quart_app/db.py), or no free pooled
+        # (DatabaseUnavailable, from quart_app/db.py and the session lookups in quart_app/speedups.py), or no free pooled
         # connection in time: the client may retry; nothing was
         # acknowledged. Any other database error is a bug: a 500.
         if isinstance(error, DBAPIError) and not (

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 
-from quart import Blueprint, current_app, websocket
+from quart import Blueprint, websocket
 
-from .auth import current_user, sessions
-from .auth.login_manager import session_secret
+from quart_login import current_user, session_token
+
+from .auth.sessions import get_store
+from .core.config import get_settings
 
 bp = Blueprint("live", __name__)
 
@@ -25,12 +27,13 @@ POLICY_VIOLATION = 1008  # RFC 6455: what an anonymous or revoked client is clos
 async def session_channel() -> None:
     """Say hello to a logged-in client, then {"event": "revoked"} and close 1008 once its session ends."""
     await websocket.accept()
-    token = session_secret()
+    token = session_token()
     if not current_user.is_authenticated or token is None:
         await websocket.close(POLICY_VIOLATION, "login required")
         return
     await websocket.send_json({"event": "hello", "username": current_user.username})
-    interval = current_app.extensions["quart_app.settings"].WS_POLL_INTERVAL
+    interval = get_settings().WS_POLL_INTERVAL
+    store = get_store()
 
     async def drain() -> None:
         # The client has nothing to say; reading notices when it goes away.
@@ -43,7 +46,7 @@ async def session_channel() -> None:
             done, _ = await asyncio.wait({reader}, timeout=interval)
             if done:  # the client went away
                 return
-            if not await sessions.is_live(token):
+            if not await store.is_live(token):
                 await websocket.send_json({"event": "revoked"})
                 await websocket.close(POLICY_VIOLATION, "session revoked")
                 return

@@ -1,4 +1,4 @@
-"""The tables: the seed's ``users`` (plus what the port adds) and server-side ``auth_sessions``."""
+"""The tables: the seed's ``users`` (plus what the port adds), server-side ``auth_sessions``, the audit trail."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from datetime import datetime
 
 from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, func, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from quart_login import UserMixin
+from quart_login.sqlalchemy_store import AuthSessionMixin
 
 
 class Base(DeclarativeBase):
@@ -22,16 +25,6 @@ def column_values(obj: Base) -> dict[str, object]:
 # an id refuse a larger number as an unknown one (404) instead of passing the
 # database a value it cannot compare.
 MAX_ID = 2**31 - 1
-
-
-class UserMixin:
-    """Flask-Login's UserMixin: the attributes ``current_user`` promises for a real user."""
-
-    is_authenticated = True
-    is_anonymous = False
-
-    def get_id(self) -> str:
-        return str(self.id)  # type: ignore[attr-defined]
 
 
 class User(UserMixin, Base):
@@ -61,22 +54,12 @@ class User(UserMixin, Base):
         return f"<User {self.id} {self.username!r}>"
 
 
-class AuthSession(Base):
-    """One logged-in browser or client. The cookie holds a secret; this row holds its SHA-256."""
+class AuthSession(AuthSessionMixin, Base):
+    """One logged-in browser or client (quart_login's columns). The cookie holds a secret; this row its SHA-256."""
 
     __tablename__ = "auth_sessions"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
-    remember: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
-    # Idle and absolute lifetimes folded into one column, so that the
-    # per-request check is a single comparison.
-    expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
-    ip: Mapped[str | None] = mapped_column(String(45))
-    user_agent: Mapped[str | None] = mapped_column(String(256))
 
 
 class AuthEvent(Base):

@@ -9,17 +9,16 @@ import pytest
 from conftest import auth_cookie, client_with_cookie, db_rows, db_write, register_api
 from quart import render_template_string
 
-from quart_app.auth import ANONYMOUS, current_user
-from quart_app.auth.sessions import utcnow
-from quart_app.core.security import token_digest
+from quart_login import token_digest, utcnow
+
+from quart_app.auth import AnonymousUser, current_user
 
 PASSWORD = "correct horse battery"
 
 
 def session_token_of(app, cookie_value: str) -> str:
     """The session secret inside a signed auth cookie."""
-    extension = app.extensions["QUART_AUTH"][0]
-    return extension.load_token(cookie_value, app=app)
+    return app.extensions["quart_login"].cookie.load_token(cookie_value, app=app)
 
 
 # -- the loader and current_user ---------------------------------------------
@@ -28,15 +27,15 @@ def session_token_of(app, cookie_value: str) -> str:
 async def test_loader_is_awaited_once_per_request(app, client):
     """However often views and templates read current_user, the loader runs once per request."""
     await register_api(client, "alice")
-    manager = app.extensions["quart_app.login_manager"]
+    store = app.extensions["quart_login"].store
     calls = []
-    original = manager._user_loader
+    original = store.resolve
 
-    async def counting_loader(token):
+    async def counting_resolve(token, lifetimes):
         calls.append(token)
-        return await original(token)
+        return await original(token, lifetimes)
 
-    manager.user_loader(counting_loader)
+    store.resolve = counting_resolve
     response = await client.get("/dashboard")  # base + dashboard templates read it 5+ times
     assert response.status_code == 200
     assert len(calls) == 1
@@ -57,7 +56,7 @@ async def probe_app(make_app):
             "id": user.id,
             "get_id": user.get_id(),
             "username": user.username,
-            "is_the_anonymous_object": user._get_current_object() is ANONYMOUS,
+            "is_the_anonymous_object": type(user._get_current_object()) is AnonymousUser,
             "template": await render_template_string("{{ current_user.id }}|{{ current_user.username }}"),
         }
 

@@ -19,7 +19,6 @@ import pytest
 import schemathesis
 from conftest import register_api
 from hypothesis import HealthCheck, given, settings
-from quart_schema import validate_request
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -29,7 +28,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from quart_app.api.schemas import RegisterRequest
 
 PASSWORD = "correct horse battery"
 BASE_URL = "http://testserver"
@@ -178,33 +176,6 @@ async def test_docs_serve_only_swagger_ui_files(client):
     """The docs' file route serves Swagger UI's files, nothing else of the package or the disk."""
     for path in ["/docs/swagger-ui/index.html", "/docs/swagger-ui/../__init__.py", "/docs/swagger-ui/%2e%2e/LICENSE"]:
         assert (await client.get(path)).status_code == 404, path
-
-
-# -- Quart-Schema's own validation, in the contract's error shape ----------------------------
-
-
-async def test_quart_schema_validation_errors_keep_the_contract_shape(make_app):
-    """A body refused by Quart-Schema's validate_request is a 400 {"error", "fields"} and reaches no view."""
-    app = make_app()
-    reached = []
-
-    @app.post("/api/schema-probe")
-    @validate_request(RegisterRequest)
-    async def probe(data: RegisterRequest):
-        reached.append(data)
-        return {}, 200
-
-    async with app.test_app():
-        client = app.test_client()
-        response = await client.post("/api/schema-probe", json={"username": "x", "password": 5})
-        assert response.status_code == 400
-        body = await response.get_json()
-        assert body["error"] == "Please correct the highlighted fields."
-        assert set(body["fields"]) == {"username", "email", "password"}
-        response = await client.post("/api/schema-probe", json=[1, 2])
-        assert response.status_code == 400
-        assert set(await response.get_json()) == {"error"}
-    assert reached == []
 
 
 # -- schemathesis --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from conftest import FAST_HASHING, csrf_from, db_rows, db_write, login_form, reg
 
 from quart_app import create_app
 from quart_app.auth import events, fresh_login_required
-from quart_app.auth.sessions import utcnow
+from quart_login import utcnow
 from quart_app.auth.throttle import RedisStore
 from quart_app.core.config import ConfigError
 
@@ -303,7 +303,7 @@ async def test_stale_session_must_reenter_the_password(fresh_app, database):
     client = fresh_app.test_client()
     await register_api(client, "alice")
     old = (utcnow() - timedelta(hours=2)).isoformat(sep=" ")
-    db_write(database, "UPDATE auth_sessions SET created_at = ?", old)
+    db_write(database, "UPDATE auth_sessions SET created_at = ?, auth_time = ?", old, old)
     response = await client.get("/sensitive")
     assert response.status_code == 302
     assert response.headers["Location"] == "/reauthenticate?next=%2Fsensitive"

@@ -21,7 +21,7 @@ from quart import Blueprint, Quart, render_template, send_from_directory
 from quart_schema import APIKeySecurityScheme, Info, OpenAPIProvider, QuartSchema, snake_to_camel
 from werkzeug.routing import IntegerConverter, Rule
 
-from ..errors import HTTPError
+from ..exceptions import HTTPError
 from .schemas import COOKIE_AUTH
 
 OPENAPI_PATH = "/openapi.json"

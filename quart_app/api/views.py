@@ -7,8 +7,8 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..auth import current_user, login_required, logout_user, service, sessions
-from ..errors import HTTPError
+from ..auth import current_user, login_required, logout_user, service
+from ..exceptions import HTTPError
 from ..models import MAX_ID
 from .schemas import (
     LoginRequest,
@@ -103,8 +103,7 @@ async def change_password():
 @login_required
 async def list_sessions():
     """This user's active sessions."""
-    rows = await sessions.list_for(current_user.id)
-    return [sessions.describe(row) for row in rows], 200
+    return await service.list_sessions(current_user._get_current_object()), 200
 
 
 @bp.delete(f"/sessions/<int(max={MAX_ID}):session_id>")

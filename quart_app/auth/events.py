@@ -1,11 +1,12 @@
-"""The audit trail and its signals: each auth event is a row in ``auth_events`` and a blinker signal.
+"""The audit trail and the app's signals: each auth event is a row in ``auth_events`` and a blinker signal.
 
-Applications subscribe like they do to Flask-Login's signals::
+Applications subscribe like they do to Flask-Login's signals (quart_login
+sends those: ``user_logged_in``, ``user_logged_out``, ...)::
 
-    from quart_app.auth.events import user_logged_in
+    from quart_app.auth.events import user_registered
 
-    @user_logged_in.connect
-    def on_login(app, user, **extra): ...
+    @user_registered.connect
+    def on_register(app, user, **extra): ...
 
 Receivers get the app as sender and keyword arguments; never a password,
 hash or session secret.
@@ -17,18 +18,18 @@ from typing import Any
 
 from blinker import Namespace
 from quart import current_app, has_request_context, request
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
 
-from ..db import get_db
+from quart_login import user_logged_in, user_logged_out, utcnow
+
+from ..db import get_db, run_unit
 from ..models import AuthEvent
-from .sessions import utcnow
 
 _signals = Namespace()
 
-# Flask-Login's names...
-user_logged_in = _signals.signal("user-logged-in")
-user_logged_out = _signals.signal("user-logged-out")
+# The app's own events (quart_login sends user_logged_in and user_logged_out).
 user_login_failed = _signals.signal("user-login-failed")
-# ...and the port's own.
 user_registered = _signals.signal("user-registered")
 password_changed = _signals.signal("password-changed")
 session_revoked = _signals.signal("session-revoked")
@@ -36,9 +37,21 @@ login_throttled = _signals.signal("login-throttled")
 user_deactivated = _signals.signal("user-deactivated")
 user_activated = _signals.signal("user-activated")
 
+__all__ = [
+    "audit",
+    "login_throttled",
+    "password_changed",
+    "record",
+    "session_revoked",
+    "user_activated",
+    "user_deactivated",
+    "user_logged_in",
+    "user_logged_out",
+    "user_login_failed",
+    "user_registered",
+]
+
 SIGNALS = {
-    "login": user_logged_in,
-    "logout": user_logged_out,
     "login_failed": user_login_failed,
     "registered": user_registered,
     "password_changed": password_changed,
@@ -49,26 +62,36 @@ SIGNALS = {
 }
 
 
-def event_row(event: str, user: Any = None, *, detail: str | None = None, ip: str | None = None) -> AuthEvent:
-    """The ``auth_events`` row for an event (not yet added to any session)."""
+def event_values(event: str, user: Any = None, *, detail: str | None = None, ip: str | None = None) -> dict[str, Any]:
+    """The ``auth_events`` row for an event, as column values."""
     if ip is None and has_request_context():
         ip = request.remote_addr
-    return AuthEvent(
-        created_at=utcnow(),
-        event=event,
-        user_id=getattr(user, "id", None),
-        ip=(ip or "")[:45] or None,
-        detail=(detail or "")[:200] or None,
-    )
-
-
-def send(row: AuthEvent, user: Any = None) -> None:
-    """Send the event's signal to subscribers."""
-    SIGNALS[row.event].send(current_app._get_current_object(), user=user, detail=row.detail, ip=row.ip)
+    return {
+        "created_at": utcnow(),
+        "event": event,
+        "user_id": getattr(user, "id", None),
+        "ip": (ip or "")[:45] or None,
+        "detail": (detail or "")[:200] or None,
+    }
 
 
 def audit(event: str, user: Any = None, *, detail: str | None = None, ip: str | None = None) -> None:
     """Add the event to this request's transaction (the caller commits) and send its signal."""
-    row = event_row(event, user, detail=detail, ip=ip)
-    get_db().add(row)
-    send(row, user)
+    values = event_values(event, user, detail=detail, ip=ip)
+    get_db().add(AuthEvent(**values))
+    if (signal := SIGNALS.get(event)) is not None and signal.receivers:
+        signal.send(current_app._get_current_object(), user=user, detail=values["detail"], ip=values["ip"])
+
+
+_INSERT_EVENT = insert(AuthEvent)
+
+
+async def record(event: str, user: Any = None, *, detail: str | None = None) -> None:
+    """Write the event at once, in a unit of its own (for events that quart_login signals)."""
+    values = event_values(event, user, detail=detail)
+
+    def work(db: Session) -> None:
+        db.connection().execute(_INSERT_EVENT, values)
+        db.commit()
+
+    await run_unit(work)

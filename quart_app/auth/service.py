@@ -5,20 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from quart import current_app, request
+from quart import request
 from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from quart_login import current_auth_session, login_user, logout_user, utcnow
+
 from ..core.security import get_hasher
 from ..db import commit_pending, get_db, run_unit
-from ..errors import HTTPError
+from ..exceptions import HTTPError
 from ..models import User
-from . import sessions
 from .events import audit
-from .login_manager import login_user, logout_user
-from .sessions import utcnow
-from .throttle import Throttle, keys_for
+from .sessions import describe, get_store
+from .throttle import get_throttle, keys_for
 from .validation import validate_credentials, validate_password_change, validate_registration
 
 LOGIN_FAILED = "Incorrect username or password."
@@ -39,9 +39,9 @@ _BY_USERNAME_OR_EMAIL = select(*User.__table__.c).where(
 
 
 async def _find(ident: str) -> User | None:
-    def work(session: Session) -> User | None:
-        row = session.connection().execute(_BY_USERNAME_OR_EMAIL, {"ident": ident}).first()
-        session.commit()  # ends the read at once (on a server database, the request's session)
+    def work(db: Session) -> User | None:
+        row = db.connection().execute(_BY_USERNAME_OR_EMAIL, {"ident": ident}).first()
+        db.commit()  # ends the read at once (on a server database, the request's session)
         return None if row is None else User(**row._mapping)
 
     return await run_unit(work)
@@ -98,6 +98,7 @@ async def register(data: Mapping[str, Any]) -> User:
     """Create the account and log it in."""
     user = await create_user(data)
     audit("registered", user)
+    await get_db().commit()
     await login_user(user, remember=False)
     return user
 
@@ -107,7 +108,7 @@ async def authenticate(data: Mapping[str, Any]) -> User:
     creds = validate_credentials(data)
     ident = creds.identifier
     user = await _find(ident)
-    throttle: Throttle = current_app.extensions["quart_app.throttle"]
+    throttle = get_throttle()
     keys = None
     if throttle.enabled:
         # Keyed by the account when it exists (username and email count
@@ -138,6 +139,7 @@ async def authenticate(data: Mapping[str, Any]) -> User:
         await _upgrade_hash(user, creds.password)
     if keys is not None:
         await throttle.succeeded(keys)
+    await commit_pending()
     await login_user(user, remember=creds.remember)
     return user
 
@@ -165,24 +167,32 @@ async def change_password(user: User, data: Mapping[str, Any]) -> None:
         await get_db().commit()
         raise HTTPError(400, WRONG_CURRENT_PASSWORD, fields={"current_password": WRONG_CURRENT_PASSWORD})
     new_hash = await hasher.hash(change.new_password)
-    current = sessions.current_session()
+    current = current_auth_session()
     db = get_db()
     await db.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
     user.password_hash = new_hash
-    # Every session dies, this one included; login_user then gives this
-    # browser a new secret, so a cookie captured before the change is dead.
-    revoked = await sessions.revoke_all(user.id)
+    # Every session dies with the change, this one included; login_user then
+    # gives this browser a new secret, so a cookie captured before is dead.
+    revoked = await get_store().revoke_user(user.id, db=db)
     audit("password_changed", user, detail=f"{max(revoked - 1, 0)} other session(s) revoked")
+    await db.commit()
     await login_user(user, remember=current.remember if current else False)
+
+
+async def list_sessions(user: User) -> list[dict[str, object]]:
+    """The user's live sessions as the account page and the API show them, most recent first."""
+    return [describe(record) for record in await get_store().list_user(user.id)]
 
 
 async def revoke_session(user: User, session_id: int) -> bool:
     """Revoke one of the user's sessions by id; False (404) if it is not theirs."""
-    if not await sessions.revoke_id(user.id, session_id):
+    db = get_db()
+    if not await get_store().revoke_id(user.id, session_id, db=db):
+        await db.commit()
         return False
     audit("session_revoked", user, detail=f"session {session_id}")
-    await get_db().commit()
-    current = sessions.current_session()
+    await db.commit()
+    current = current_auth_session()
     if current is not None and current.id == session_id:
         await logout_user()
     return True
@@ -190,10 +200,11 @@ async def revoke_session(user: User, session_id: int) -> bool:
 
 async def revoke_other_sessions(user: User) -> int:
     """Revoke every session of the user but this one; returns how many."""
-    current = sessions.current_session()
-    count = await sessions.revoke_all(user.id, except_id=current.id if current else None)
+    current = current_auth_session()
+    db = get_db()
+    count = await get_store().revoke_user(user.id, keep=current.id if current else None, db=db)
     audit("session_revoked", user, detail=f"{count} other session(s)")
-    await get_db().commit()
+    await db.commit()
     return count
 
 
@@ -207,7 +218,7 @@ async def set_active(user: User, active: bool) -> None:
     db = get_db()
     await db.execute(update(User).where(User.id == user.id).values(is_active=active))
     if not active:
-        await sessions.revoke_all(user.id)
+        await get_store().revoke_user(user.id, db=db)
     audit("activated" if active else "deactivated", user)
     await db.commit()
     user.is_active = active
@@ -215,9 +226,10 @@ async def set_active(user: User, active: bool) -> None:
 
 async def revoke_all_sessions(user: User) -> int:
     """Log the user out everywhere; returns how many sessions ended."""
-    count = await sessions.revoke_all(user.id)
+    db = get_db()
+    count = await get_store().revoke_user(user.id, db=db)
     audit("session_revoked", user, detail=f"all {count} session(s)")
-    await get_db().commit()
+    await db.commit()
     return count
 
 

@@ -21,15 +21,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from quart import Quart
+from quart import Quart, current_app
 from sqlalchemy import case, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from quart_login import utcnow
+
 from ..core.config import ConfigError, Settings
 from ..db import get_db
 from ..models import LoginThrottle
-from .sessions import utcnow
 
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _LIMIT_RE = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day)s?\s*", re.IGNORECASE)
@@ -155,6 +156,14 @@ class RedisStore:
         await self._redis.aclose()
 
 
+EXTENSION = "quart_app.throttle"
+
+
+def get_throttle() -> Throttle:
+    """The running app's login throttle."""
+    return current_app.extensions[EXTENSION]
+
+
 class Throttle:
     def __init__(self, settings: Settings) -> None:
         account = parse_limit(settings.LOGIN_RATE_LIMIT, "LOGIN_RATE_LIMIT")
@@ -166,7 +175,7 @@ class Throttle:
         self.store: DatabaseStore | RedisStore = DatabaseStore()
 
     def init_app(self, app: Quart) -> None:
-        app.extensions["quart_app.throttle"] = self
+        app.extensions[EXTENSION] = self
         if self.enabled and self._redis_url:
 
             @app.before_serving

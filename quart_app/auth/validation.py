@@ -9,18 +9,13 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from ..errors import INVALID_FIELDS, HTTPError
+from ..exceptions import ValidationError
+
+__all__ = ["ValidationError", "validate_credentials", "validate_password_change", "validate_registration"]
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,32}", re.ASCII)
 PASSWORD_MIN, PASSWORD_MAX = 8, 1024
 EMAIL_MAX = 120  # the seed's column
-
-
-class ValidationError(HTTPError):
-    """400 with a message per field; the form is shown again with them."""
-
-    def __init__(self, fields: dict[str, str]) -> None:
-        super().__init__(400, INVALID_FIELDS, fields=fields)
 
 
 @dataclass(frozen=True)

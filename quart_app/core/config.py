@@ -92,6 +92,9 @@ class Settings:
     SQLITE_BUSY_TIMEOUT_MS: int = 10_000
     # Threads that run the hot path's SQLite work (one trip per request).
     SQLITE_THREADS: int = 2
+    # Which measured speed-ups are on (quart_app/speedups.py): all, none, a
+    # list of names, or all minus some ("all,-gc_freeze").
+    SPEEDUPS: str = "all"
 
     @property
     def is_production(self) -> bool:
@@ -170,6 +173,16 @@ def load_settings(
     if settings.ARGON2_MEMORY_COST < 8 * settings.ARGON2_PARALLELISM:
         raise ConfigError(f"{PREFIX}ARGON2_MEMORY_COST must be at least 8 KiB per lane")
     return settings
+
+
+def get_settings() -> Settings:
+    """The running app's settings."""
+    from quart import current_app
+
+    return current_app.extensions[EXTENSION]
+
+
+EXTENSION = "quart_app.settings"
 
 
 def database_url(environ: Mapping[str, str] | None = None) -> str:

@@ -13,9 +13,11 @@ import hashlib
 import hmac
 from urllib.parse import urlsplit
 
-from quart import Quart, current_app, g, request, session
+from quart import Quart, current_app, request, session
 
-from ..errors import HTTPError
+from quart_login import session_token
+
+from ..exceptions import HTTPError
 from .security import new_csrf_token, tokens_match
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -24,7 +26,7 @@ FORM_FIELD = "csrf_token"
 
 
 def _expected_token() -> str | None:
-    secret = g.get("_session_secret")  # set by the login manager for a live session (session_secret())
+    secret = session_token()  # this request's live session, if any
     if secret is not None:
         key = current_app.secret_key
         key = key.encode() if isinstance(key, str) else key

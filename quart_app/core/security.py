@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import os
 import secrets
@@ -14,7 +13,11 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher as Argon2Hasher
 from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError
+from quart import Quart, current_app
 from werkzeug.security import check_password_hash as werkzeug_check
+
+from ..exceptions import HashQueueFull
+from .config import Settings
 
 # Prefixes of the hashes Werkzeug's generate_password_hash writes (what the
 # sync Flask version stores); they are verified once and replaced by argon2id.
@@ -27,10 +30,6 @@ class Verdict:
 
     ok: bool
     needs_rehash: bool = False
-
-
-class HashQueueFull(RuntimeError):
-    """More password hashes are waiting than the configured bound: answer 503 at once."""
 
 
 def _lower_thread_priority() -> None:
@@ -122,16 +121,6 @@ class PasswordHasher:
         return Verdict(ok=True, needs_rehash=self._argon2.check_needs_rehash(stored_hash))
 
 
-def new_session_token() -> str:
-    """The cookie's secret for one server-side session: 256 random bits."""
-    return secrets.token_urlsafe(32)
-
-
-def token_digest(token: str) -> str:
-    """What the database keeps of a session token: its SHA-256, never the token."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def new_csrf_token() -> str:
     return secrets.token_urlsafe(32)
 
@@ -142,8 +131,31 @@ def tokens_match(expected: str | None, given: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
 
 
+EXTENSION = "quart_app.hasher"
+
+
+def init_app(app: Quart, settings: Settings) -> PasswordHasher:
+    """The app's hasher: its threads start when serving starts and stop when it ends."""
+    hasher = PasswordHasher(
+        time_cost=settings.ARGON2_TIME_COST,
+        memory_cost=settings.ARGON2_MEMORY_COST,
+        parallelism=settings.ARGON2_PARALLELISM,
+        workers=settings.HASH_WORKERS,
+        max_pending=settings.HASH_QUEUE_LIMIT,
+    )
+    app.extensions[EXTENSION] = hasher
+
+    @app.before_serving
+    async def _start_hasher() -> None:
+        hasher.start()
+
+    @app.after_serving
+    async def _stop_hasher() -> None:
+        hasher.shutdown()
+
+    return hasher
+
+
 def get_hasher() -> PasswordHasher:
     """The password hasher of the running app."""
-    from quart import current_app
-
-    return current_app.extensions["quart_app.hasher"]
+    return current_app.extensions[EXTENSION]

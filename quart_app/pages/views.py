@@ -6,10 +6,10 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, flash, redirect, request, url_for
 
-from ..auth import current_user, login_required, logout_user, service, sessions
+from ..auth import current_auth_session, current_user, login_required, logout_user, service
 from ..auth.validation import ValidationError
 from ..core.csrf import UNSAFE_METHODS, require_csrf_token
-from ..errors import HTTPError
+from ..exceptions import HTTPError
 from ..models import MAX_ID
 from ..rendering import render
 
@@ -116,7 +116,7 @@ async def reauthenticate():
     if request.method == "GET":
         return await render("reauthenticate.html", errors={}, next=next_page)
     form = await request.form
-    current = sessions.current_session()
+    current = current_auth_session()
     try:
         await service.authenticate(
             {
@@ -137,8 +137,8 @@ async def reauthenticate():
 @login_required
 async def account():
     """The change-password form and this user's active sessions, each with a revoke button."""
-    rows = await sessions.list_for(current_user.id)
-    return await render("account.html", sessions=[sessions.describe(r) for r in rows], errors={})
+    listed = await service.list_sessions(current_user._get_current_object())
+    return await render("account.html", sessions=listed, errors={})
 
 
 @bp.post("/account/password")
@@ -149,10 +149,9 @@ async def change_password():
     try:
         await service.change_password(current_user._get_current_object(), form)
     except HTTPError as exc:
-        rows = await sessions.list_for(current_user.id)
         page = await render(
             "account.html",
-            sessions=[sessions.describe(r) for r in rows],
+            sessions=await service.list_sessions(current_user._get_current_object()),
             errors=exc.fields or {},
             message=exc.message,
         )

@@ -1,0 +1,79 @@
+"""quart_login: Flask-Login's API for Quart, async where it touches storage, with server-side sessions.
+
+::
+
+    login_manager = LoginManager(store=SQLAlchemyAuthSessionStore(AuthSession, User, sessionmaker=...))
+    login_manager.init_app(app)
+
+    @app.get("/dashboard")
+    @login_required
+    async def dashboard():
+        return f"Hello {current_user.username}"
+
+It imports nothing of any application: the app hands it a store (and,
+optionally, a ``user_loader``) and plugs its policies in through the
+callbacks and the signals.
+"""
+
+from .config import DEFAULTS, Lifetimes
+from .login_manager import LoginManager, LoginState, login_url, wants_json
+from .mixins import AnonymousUserMixin, UserMixin
+from .signals import (
+    user_accessed,
+    user_loaded_from_request,
+    user_logged_in,
+    user_logged_out,
+    user_login_confirmed,
+    user_needs_refresh,
+    user_unauthorized,
+)
+from .store import AuthSession, AuthSessionStore, NewSession, Resolved, new_token, token_digest, utcnow
+from .utils import (
+    app_login,
+    confirm_login,
+    current_auth_session,
+    current_user,
+    fresh_login_required,
+    login_fresh,
+    login_required,
+    login_state,
+    login_user,
+    logout_user,
+    session_token,
+)
+
+__all__ = [
+    "DEFAULTS",
+    "AnonymousUserMixin",
+    "AuthSession",
+    "AuthSessionStore",
+    "Lifetimes",
+    "LoginManager",
+    "LoginState",
+    "NewSession",
+    "Resolved",
+    "UserMixin",
+    "app_login",
+    "confirm_login",
+    "current_auth_session",
+    "current_user",
+    "fresh_login_required",
+    "login_fresh",
+    "login_required",
+    "login_state",
+    "login_url",
+    "login_user",
+    "logout_user",
+    "new_token",
+    "session_token",
+    "token_digest",
+    "user_accessed",
+    "user_loaded_from_request",
+    "user_logged_in",
+    "user_logged_out",
+    "user_login_confirmed",
+    "user_needs_refresh",
+    "user_unauthorized",
+    "utcnow",
+    "wants_json",
+]

@@ -1,0 +1,267 @@
+"""``LoginManager``: Flask-Login's object and callbacks, with sessions kept by a store.
+
+The user is resolved once per request (and per websocket), before the view:
+the cookie's secret is looked up in the store, which yields the session and,
+for the SQLAlchemy store, the app's own user in the same query. After that,
+``current_user`` is a plain proxy that views and templates read without
+``await``. What the extension keeps per request is one ``LoginState`` on ``g``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from quart import (
+    Quart,
+    Response,
+    current_app,
+    flash,
+    g,
+    has_request_context,
+    has_websocket_context,
+    json,
+    redirect,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import Unauthorized
+
+from . import signals
+from .config import Lifetimes, lifetimes, read_config
+from .cookie import AuthCookie
+from .mixins import AnonymousUserMixin
+from .store import AuthSession, AuthSessionStore
+
+EXTENSION = "quart_login"
+_STATE = "_quart_login"
+
+Callback = Callable[..., Any]
+
+
+@dataclass
+class LoginState:
+    """What the extension knows of this request: its user, and its session (record and secret) if any."""
+
+    user: Any
+    auth_session: AuthSession | None = None
+    token: str | None = None
+
+
+@dataclass
+class AppLogin:
+    """The manager's settings and parts for one app (``app.extensions["quart_login"]``)."""
+
+    manager: LoginManager
+    config: dict[str, Any]
+    lifetimes: Lifetimes
+    cookie: AuthCookie
+    store: AuthSessionStore
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def setting(self, name: str) -> Any:
+        # A manager attribute set in code wins, as in Flask-Login.
+        value = getattr(self.manager, name.lower(), None)
+        return self.config[name] if value is None else value
+
+
+async def _call(callback: Callback, *args: Any) -> Any:
+    result = callback(*args)
+    return await result if inspect.isawaitable(result) else result
+
+
+class LoginManager:
+    """Holds the callbacks; ``init_app`` attaches it to an app (one manager may serve many apps)."""
+
+    #: The cookie's class: Quart-Auth's, configured from ``QUART_LOGIN_*``.
+    cookie_class: type[AuthCookie] = AuthCookie
+
+    def __init__(self, app: Quart | None = None, *, store: AuthSessionStore | None = None) -> None:
+        self.store = store
+        #: The class (or factory) of ``current_user`` without a session; a new one per request.
+        self.anonymous_user: Callable[[], Any] = AnonymousUserMixin
+        # Flask-Login's attributes; None defers to QUART_LOGIN_* (config.py).
+        self.login_view: str | None = None
+        self.login_message: str | None = None
+        self.login_message_category: str | None = None
+        self.refresh_view: str | None = None
+        self.needs_refresh_message: str | None = None
+        self.needs_refresh_message_category: str | None = None
+        #: Blueprint name -> login view, for blueprints with their own login page.
+        self.blueprint_login_views: dict[str, str] = {}
+        self._user_callback: Callback | None = None
+        self._request_callback: Callback | None = None
+        self._unauthorized_callback: Callback | None = None
+        self._needs_refresh_callback: Callback | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart, *, store: AuthSessionStore | None = None) -> None:
+        """Attach to ``app``: its ``QUART_LOGIN_*`` settings, the cookie, and the per-request loader."""
+        store = store or self.store
+        if store is None:
+            raise RuntimeError("LoginManager needs a session store: LoginManager(store=...) or init_app(app, store=...)")
+        config = read_config(app.config)
+        cookie = self.cookie_class(
+            app,
+            attribute_name="_quart_login_cookie",
+            cookie_name=config["COOKIE_NAME"],
+            cookie_domain=config["COOKIE_DOMAIN"],
+            cookie_path=config["COOKIE_PATH"],
+            cookie_secure=config["COOKIE_SECURE"],
+            cookie_samesite=config["COOKIE_SAMESITE"],
+            cookie_http_only=config["COOKIE_HTTPONLY"],
+            # The signature's max age: the longest a session may live. The
+            # store decides each session's real lifetime.
+            duration=int(max(config["REMEMBER_DURATION"], config["SESSION_ABSOLUTE_TIMEOUT"])),
+            salt=config["SALT"],
+        )
+        app.extensions[EXTENSION] = AppLogin(self, config, lifetimes(config), cookie, store)
+        app.before_request(self._load_request_user)
+        app.before_websocket(self._load_websocket_user)
+
+    # -- callbacks (decorators, as in Flask-Login) -------------------------------
+
+    def user_loader(self, callback: Callback) -> Callback:
+        """``(user_id: str) -> user | None``, sync or async: replaces the store's joined user when set."""
+        self._user_callback = callback
+        return callback
+
+    def request_loader(self, callback: Callback) -> Callback:
+        """``(request) -> user | None``: for requests without a session (an API key header, say)."""
+        self._request_callback = callback
+        return callback
+
+    def unauthorized_handler(self, callback: Callback) -> Callback:
+        """What ``login_required`` returns to an anonymous client instead of the default."""
+        self._unauthorized_callback = callback
+        return callback
+
+    def needs_refresh_handler(self, callback: Callback) -> Callback:
+        """What ``fresh_login_required`` returns to a stale session instead of the default."""
+        self._needs_refresh_callback = callback
+        return callback
+
+    # -- per-request resolution --------------------------------------------------
+
+    async def _resolve(self) -> LoginState:
+        login = current_app.extensions[EXTENSION]
+        token = login.cookie.load_user().auth_id
+        state = None
+        if token is not None:
+            found = await login.store.resolve(token, login.lifetimes)
+            if found is not None:
+                user = found.user
+                if self._user_callback is not None:
+                    user = await _call(self._user_callback, str(found.auth_session.user_id))
+                if user is not None:
+                    state = LoginState(user, found.auth_session, token)
+        if state is None and has_request_context() and login.cookie.cookie_name in request.cookies:
+            # Tampered, revoked, expired or deactivated: the browser drops it.
+            login.cookie.logout_user()
+        if state is None and self._request_callback is not None and has_request_context():
+            user = await _call(self._request_callback, request._get_current_object())
+            if user is not None:
+                state = LoginState(user)
+                await signals.send(signals.user_loaded_from_request, user=user)
+        if state is None:
+            return LoginState(self.anonymous_user())
+        await signals.send(signals.user_accessed, user=state.user)
+        return state
+
+    async def _load_request_user(self) -> None:
+        if request.endpoint != "static":
+            setattr(g, _STATE, await self._resolve())
+
+    async def _load_websocket_user(self) -> None:
+        setattr(g, _STATE, await self._resolve())
+
+    # -- answers to anonymous and stale clients -------------------------------------
+
+    async def unauthorized(self) -> Any:
+        """``login_required``'s answer: the handler's, else 401 (no login view, or a JSON client), else a redirect."""
+        await signals.send(signals.user_unauthorized)
+        if self._unauthorized_callback is not None:
+            return await _call(self._unauthorized_callback)
+        login = current_app.extensions[EXTENSION]
+        view = self.blueprint_login_views.get(request.blueprint or "") or login.setting("LOGIN_VIEW")
+        if view is None or wants_json():
+            raise _unauthorized("Authentication required.")
+        return await self._redirect_with_message(
+            view, login.setting("LOGIN_MESSAGE"), login.setting("LOGIN_MESSAGE_CATEGORY")
+        )
+
+    async def needs_refresh(self) -> Any:
+        """``fresh_login_required``'s answer to a stale session: the handler's, else 401, else a redirect."""
+        await signals.send(signals.user_needs_refresh)
+        if self._needs_refresh_callback is not None:
+            return await _call(self._needs_refresh_callback)
+        login = current_app.extensions[EXTENSION]
+        view = login.setting("REFRESH_VIEW")
+        if view is None or wants_json():
+            raise _unauthorized(login.setting("NEEDS_REFRESH_MESSAGE") or "Authentication required.")
+        return await self._redirect_with_message(
+            view, login.setting("NEEDS_REFRESH_MESSAGE"), login.setting("NEEDS_REFRESH_MESSAGE_CATEGORY")
+        )
+
+    async def redirect_to_login(self) -> Any:
+        """The default browser answer of ``unauthorized``: flash LOGIN_MESSAGE, redirect to LOGIN_VIEW?next=."""
+        login = current_app.extensions[EXTENSION]
+        view = self.blueprint_login_views.get(request.blueprint or "") or login.setting("LOGIN_VIEW")
+        if view is None:
+            raise Unauthorized()
+        return await self._redirect_with_message(view, login.setting("LOGIN_MESSAGE"), login.setting("LOGIN_MESSAGE_CATEGORY"))
+
+    async def redirect_to_refresh(self) -> Any:
+        """The default browser answer of ``needs_refresh``."""
+        login = current_app.extensions[EXTENSION]
+        view = login.setting("REFRESH_VIEW")
+        if view is None:
+            raise Unauthorized()
+        return await self._redirect_with_message(
+            view, login.setting("NEEDS_REFRESH_MESSAGE"), login.setting("NEEDS_REFRESH_MESSAGE_CATEGORY")
+        )
+
+    async def _redirect_with_message(self, view: str, message: str | None, category: str) -> Any:
+        if message:
+            await flash(message, category)
+        return redirect(login_url(view, next_url=this_path()))
+
+
+def _unauthorized(message: str) -> Unauthorized:
+    # A JSON client gets a JSON body; the app's handlers for HTTPException still see a 401.
+    if wants_json():
+        body = json.dumps({"error": message})
+        return Unauthorized(response=Response(body, 401, content_type="application/json"))
+    return Unauthorized()
+
+
+def this_path() -> str:
+    """This request's path and query string: what ``next`` carries (a path on this site)."""
+    target = request.path
+    if request.query_string:
+        target += "?" + request.query_string.decode("latin-1")
+    return target
+
+
+def login_url(login_view: str, next_url: str | None = None, next_field: str = "next") -> str:
+    """The URL of ``login_view`` (an endpoint, or a path/URL as is) with ``next`` in its query string."""
+    base = login_view if login_view.startswith(("https://", "http://", "/")) else url_for(login_view)
+    if next_url is None:
+        return base
+    return base + ("&" if "?" in base else "?") + urlencode({next_field: next_url})
+
+
+def wants_json() -> bool:
+    """True for clients that prefer JSON to HTML, or say they are scripts (``X-Requested-With``)."""
+    if not (has_request_context() or has_websocket_context()):
+        return False
+    if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
+        return True
+    accept = request.accept_mimetypes
+    return accept.best_match(["text/html", "application/json"]) == "application/json" and (
+        accept["application/json"] > accept["text/html"]
+    )
