@@ -1,6 +1,11 @@
 """Two commits of the port side by side: did a change make it faster?
 
     .venv/bin/python bench/ab.py BASE NEW [--scenario protected|login] [--rounds 8] [--seconds 3] [--conns N]
+        [--base-env NAME=VALUE ...] [--new-env NAME=VALUE ...]
+
+``--base-env`` and ``--new-env`` add settings to one side: the same commit
+with a speed-up off and on is
+``bench/ab.py HEAD HEAD --base-env QUART_APP_SPEEDUPS=all,-gc_freeze``.
 
 Exports both commits (``git archive``) into a temporary folder, serves each on
 its own fresh SQLite file with the project's ``hypercorn.toml`` (the same
@@ -69,9 +74,10 @@ def post_json(port: int, path: str, body: dict) -> tuple[int, str | None]:
 class Port:
     """One commit of the port, served by hypercorn on 127.0.0.1."""
 
-    def __init__(self, rev: str, work: Path) -> None:
+    def __init__(self, rev: str, work: Path, side: str, extra_env: dict[str, str]) -> None:
         self.rev = rev
-        self.dir = work / re.sub(r"[^\w.-]", "_", rev)
+        self.label = f"{rev} ({' '.join(f'{k}={v}' for k, v in extra_env.items())})" if extra_env else rev
+        self.dir = work / (side + "-" + re.sub(r"[^\w.-]", "_", rev))
         self.dir.mkdir()
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(self.dir)], input=archive, check=True)
@@ -84,6 +90,7 @@ class Port:
             "QUART_APP_SECRET_KEY": secrets.token_urlsafe(48),
             "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{self.db}",
             "QUART_APP_LOGIN_RATE_LIMIT": "off",
+            **extra_env,
         }
         self.proc: subprocess.Popen | None = None
         self.log = work / f"{self.dir.name}.log"
@@ -173,26 +180,36 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--conns", type=int, default=None)
+    parser.add_argument("--base-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--new-env", action="append", default=[], metavar="NAME=VALUE")
     opts = parser.parse_args()
+
+    def env_of(pairs: list[str]) -> dict[str, str]:
+        return dict(pair.split("=", 1) for pair in pairs)
+
     conns = opts.conns or (32 if opts.scenario == "login" else 64)
 
     with tempfile.TemporaryDirectory(prefix="quart-ab-") as tmp:
         work = Path(tmp)
-        ports = [Port(opts.base, work), Port(opts.new, work)]
+        ports = [
+            Port(opts.base, work, "base", env_of(opts.base_env)),
+            Port(opts.new, work, "new", env_of(opts.new_env)),
+        ]
         try:
             args = {}
             for port in ports:
                 port.start()
-                args[port.rev] = prepare(port, opts.scenario, work / f"{port.dir.name}.pool")
-                measure(port, args[port.rev], conns, 2)  # warm-up
-            runs: dict[str, list[dict]] = {port.rev: [] for port in ports}
+                args[port.label] = prepare(port, opts.scenario, work / f"{port.dir.name}.pool")
+                measure(port, args[port.label], conns, 2)  # warm-up
+            runs: dict[str, list[dict]] = {port.label: [] for port in ports}
             for rnd in range(opts.rounds):
                 order = ports if rnd % 2 == 0 else ports[::-1]
                 for port in order:
-                    runs[port.rev].append(measure(port, args[port.rev], conns, opts.seconds))
-                base, new = runs[opts.base][-1], runs[opts.new][-1]
+                    runs[port.label].append(measure(port, args[port.label], conns, opts.seconds))
+                base, new = runs[ports[0].label][-1], runs[ports[1].label][-1]
                 print(
-                    f"round {rnd + 1}/{opts.rounds}: {opts.base} {base['rps']:.0f}/s, {opts.new} {new['rps']:.0f}/s",
+                    f"round {rnd + 1}/{opts.rounds}: {ports[0].label} {base['rps']:.0f}/s, "
+                    f"{ports[1].label} {new['rps']:.0f}/s",
                     file=sys.stderr,
                 )
         finally:
@@ -202,19 +219,19 @@ def main() -> int:
     unit = "logins/s" if opts.scenario == "login" else "req/s"
     print(f"{opts.scenario} ({conns} connections), {opts.rounds} rounds of {opts.seconds} s, alternating:")
     for port in ports:
-        r = runs[port.rev]
+        r = runs[port.label]
         print(
-            f"  {port.rev}: median {statistics.median(x['rps'] for x in r):,.1f} {unit}, "
+            f"  {port.label}: median {statistics.median(x['rps'] for x in r):,.1f} {unit}, "
             f"p99 {statistics.median(x['p99_ms'] for x in r):,.0f} ms, "
             f"server CPU {statistics.median(x['cpu_us'] for x in r):,.0f} µs per request, "
             f"errors {sum(x['errors'] for x in r)}"
         )
-    b, n = runs[opts.base], runs[opts.new]
+    b, n = runs[ports[0].label], runs[ports[1].label]
     rate = [y["rps"] / x["rps"] for x, y in zip(b, n, strict=True) if x["rps"]]
     cpu = [y["cpu_us"] / x["cpu_us"] for x, y in zip(b, n, strict=True) if x["cpu_us"]]
     for label, ratios in (("rate", rate), ("CPU per request", cpu)):
         rounds = ", ".join(f"{x:.2f}" for x in ratios)
-        print(f"  {opts.new} / {opts.base}: {label} {statistics.median(ratios):.2f}× (rounds: {rounds})")
+        print(f"  {ports[1].label} / {ports[0].label}: {label} {statistics.median(ratios):.2f}× (rounds: {rounds})")
     return 0
 
 
