@@ -74,9 +74,9 @@ def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(PoolTimeout)
     @app.errorhandler(DatabaseUnavailable)
     async def _database_unavailable(error: Exception):
-        # A lost or unusable connection, a database the raw lookup path could
-        # not reach or a SQLite file locked past its busy timeout
-        # (DatabaseUnavailable, from quart_app/db.py and the session lookups in quart_app/speedups.py), or no free pooled
+        # A lost or unusable connection, a database the raw lookup paths
+        # could not reach or a SQLite file locked past its busy timeout
+        # (DatabaseUnavailable, from quart_app/db.py), or no free pooled
         # connection in time: the client may retry; nothing was
         # acknowledged. Any other database error is a bug: a 500.
         if isinstance(error, DBAPIError) and not (

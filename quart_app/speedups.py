@@ -18,7 +18,7 @@ name                       what, and the library internals it touches
                            Touches ``Quart.update_template_context`` (its 0.22 and 0.23
                            signatures), ``quart.globals.app_ctx`` and Quart's template signals.
 ``link_cache``             ``url_for`` in templates remembers plain links per script root and
-                           host (a page built the same six links each time). Public API.
+                           host (a page builds the same six links each time). Public API.
 ``cookie_serializers``     itsdangerous serializers built once per set of keys, not per request
                            (Quart's ``SecureCookieSessionInterface.get_signing_serializer`` and
                            Quart-Auth's ``dump_token``/``load_token`` are overridden), and no
@@ -96,7 +96,9 @@ def parse(text: str) -> frozenset[str]:
         elif part in SPEEDUPS:
             chosen.add(part)
         else:
-            raise ConfigError(f"QUART_APP_SPEEDUPS: unknown speed-up {part!r} (known: all, none, {', '.join(SPEEDUPS)})")
+            raise ConfigError(
+                f"QUART_APP_SPEEDUPS: unknown speed-up {part!r} (known: all, none, {', '.join(SPEEDUPS)})"
+            )
     return frozenset(chosen)
 
 
@@ -200,7 +202,9 @@ class Pages:
             await app.update_template_context(context)
         template = self.environment.get_template(template_name)
         if before_render_template.receivers:
-            await before_render_template.send_async(app, _sync_wrapper=app.ensure_async, template=template, context=context)
+            await before_render_template.send_async(
+                app, _sync_wrapper=app.ensure_async, template=template, context=context
+            )
         page = template.render(context)
         if template_rendered.receivers:
             await template_rendered.send_async(app, _sync_wrapper=app.ensure_async, template=template, context=context)
@@ -345,7 +349,9 @@ def _sqlite_lookup(store: SQLAlchemyAuthSessionStore, database: Database) -> Non
 
     async def live_lookup(digest: str, now: datetime) -> bool:
         params = live.params(digest=digest, now=now)
-        return await run_sqlite(database, lambda connection: connection.execute(live.sql, params).fetchone() is not None)
+        return await run_sqlite(
+            database, lambda connection: connection.execute(live.sql, params).fetchone() is not None
+        )
 
     store.lookup, store.live_lookup = lookup, live_lookup
 

@@ -103,7 +103,9 @@ class LoginManager:
         """Attach to ``app``: its ``QUART_LOGIN_*`` settings, the cookie, and the per-request loader."""
         store = store or self.store
         if store is None:
-            raise RuntimeError("LoginManager needs a session store: LoginManager(store=...) or init_app(app, store=...)")
+            raise RuntimeError(
+                "LoginManager needs a session store: LoginManager(store=...) or init_app(app, store=...)"
+            )
         config = read_config(app.config)
         cookie = self.cookie_class(
             app,
@@ -186,6 +188,8 @@ class LoginManager:
         await signals.send(signals.user_unauthorized)
         if self._unauthorized_callback is not None:
             return await _call(self._unauthorized_callback)
+        if not has_request_context():  # a websocket: no flash, no redirect, the handshake is refused
+            raise Unauthorized()
         login = current_app.extensions[EXTENSION]
         view = self.blueprint_login_views.get(request.blueprint or "") or login.setting("LOGIN_VIEW")
         if view is None or wants_json():
@@ -199,6 +203,8 @@ class LoginManager:
         await signals.send(signals.user_needs_refresh)
         if self._needs_refresh_callback is not None:
             return await _call(self._needs_refresh_callback)
+        if not has_request_context():  # a websocket: no flash, no redirect, the handshake is refused
+            raise Unauthorized()
         login = current_app.extensions[EXTENSION]
         view = login.setting("REFRESH_VIEW")
         if view is None or wants_json():
@@ -213,7 +219,9 @@ class LoginManager:
         view = self.blueprint_login_views.get(request.blueprint or "") or login.setting("LOGIN_VIEW")
         if view is None:
             raise Unauthorized()
-        return await self._redirect_with_message(view, login.setting("LOGIN_MESSAGE"), login.setting("LOGIN_MESSAGE_CATEGORY"))
+        return await self._redirect_with_message(
+            view, login.setting("LOGIN_MESSAGE"), login.setting("LOGIN_MESSAGE_CATEGORY")
+        )
 
     async def redirect_to_refresh(self) -> Any:
         """The default browser answer of ``needs_refresh``."""

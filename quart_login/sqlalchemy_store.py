@@ -63,7 +63,17 @@ class AuthSessionMixin:
 
 
 # The record's fields, in the order the resolve query selects them.
-SESSION_FIELDS = ("id", "user_id", "remember", "created_at", "last_seen_at", "expires_at", "auth_time", "ip", "user_agent")
+SESSION_FIELDS = (
+    "id",
+    "user_id",
+    "remember",
+    "created_at",
+    "last_seen_at",
+    "expires_at",
+    "auth_time",
+    "ip",
+    "user_agent",
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,9 @@ class RawStatement:
 
     def decode(self, row: Any) -> tuple:
         """A row as the driver returns it, as the Python values SQLAlchemy would give."""
-        return tuple(value if convert is None else convert(value) for convert, value in zip(self._results, row, strict=True))
+        return tuple(
+            value if convert is None else convert(value) for convert, value in zip(self._results, row, strict=True)
+        )
 
 
 def compile_raw(statement: Any, dialect: Dialect) -> RawStatement:
@@ -229,7 +241,9 @@ class SQLAlchemyAuthSessionStore:
             connection = db.connection()
             if replaces is not None:
                 connection.execute(self._delete_by_digest, {"digest": token_digest(replaces)})
-            return connection.execute(self._insert, {**values, "token_hash": token_digest(token)}).inserted_primary_key[0]
+            return connection.execute(self._insert, {**values, "token_hash": token_digest(token)}).inserted_primary_key[
+                0
+            ]
 
         session_id = await self._run(work, db)
         return token, AuthSession(id=session_id, **values)

@@ -75,7 +75,9 @@ class Resolved:
 class AuthSessionStore(Protocol):
     """Where sessions live. Every method runs its own short transaction."""
 
-    async def start(self, new: NewSession, lifetimes: Lifetimes, *, replaces: str | None = None) -> tuple[str, AuthSession]:
+    async def start(
+        self, new: NewSession, lifetimes: Lifetimes, *, replaces: str | None = None
+    ) -> tuple[str, AuthSession]:
         """Keep a new session (ending the one ``replaces`` opens); returns its secret and record."""
 
     async def resolve(self, token: str, lifetimes: Lifetimes) -> Resolved | None:

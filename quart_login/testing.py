@@ -21,7 +21,9 @@ async def login_client(client: Any, user: Any, *, remember: bool = False, fresh:
     app = client.app
     async with app.app_context():
         login = app_login()
-        new = NewSession(user_id=user.id, remember=remember, fresh=fresh, ip="127.0.0.1", user_agent="quart_login.testing")
+        new = NewSession(
+            user_id=user.id, remember=remember, fresh=fresh, ip="127.0.0.1", user_agent="quart_login.testing"
+        )
         token, record = await login.store.start(new, login.lifetimes)
         cookie = login.cookie
         client.set_cookie(

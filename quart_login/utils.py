@@ -123,7 +123,9 @@ def login_fresh() -> bool:
 
 def _exempt() -> bool:
     config = app_login().config
-    return request.method in config["EXEMPT_METHODS"] or bool(config["LOGIN_DISABLED"])
+    # A websocket has no request.method (nor an exempt one).
+    exempt_method = has_request_context() and request.method in config["EXEMPT_METHODS"]
+    return exempt_method or bool(config["LOGIN_DISABLED"])
 
 
 def login_required(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:

@@ -26,11 +26,10 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quart_login import token_digest, utcnow  # noqa: E402
-from quart_login.sqlalchemy_store import SQLAlchemyAuthSessionStore  # noqa: E402
-
 from quart_app.auth.service import _BY_USERNAME_OR_EMAIL  # noqa: E402
 from quart_app.models import AuthSession, LoginThrottle, User  # noqa: E402
+from quart_login import token_digest, utcnow  # noqa: E402
+from quart_login.sqlalchemy_store import SQLAlchemyAuthSessionStore  # noqa: E402
 
 # The statement the app's store runs on every protected request.
 _RESOLVE = SQLAlchemyAuthSessionStore(AuthSession, User, sessionmaker=lambda: None).resolve_statement

@@ -41,7 +41,7 @@ async def test_account_lists_sessions_with_this_one_marked(app):
     response = await client.get("/account")
     body = await response.get_data(as_text=True)
     assert response.status_code == 200
-    assert body.count("/revoke\"") == 3  # registration + two logins
+    assert body.count('/revoke"') == 3  # registration + two logins
     assert "(this session)" in body and body.count("(this session)") == 1
     assert "ua-test" in body
     assert 'name="current_password"' in body and 'name="new_password"' in body

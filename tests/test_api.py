@@ -151,9 +151,7 @@ async def test_api_login_returns_200_public_user_and_sets_cookie(app):
 async def test_api_login_by_email(app):
     """The username field also takes the email."""
     await register_api(app.test_client(), "alice")
-    response = await app.test_client().post(
-        "/api/login", json={"username": "alice@example.com", "password": PASSWORD}
-    )
+    response = await app.test_client().post("/api/login", json={"username": "alice@example.com", "password": PASSWORD})
     assert response.status_code == 200
 
 
@@ -179,8 +177,13 @@ async def test_api_login_remember_sets_persistent_cookie(app):
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"username": "alice"}, {"password": PASSWORD}, {"username": ["alice"], "password": PASSWORD},
-     {"username": "alice", "password": PASSWORD, "remember": 3}],
+    [
+        {},
+        {"username": "alice"},
+        {"password": PASSWORD},
+        {"username": ["alice"], "password": PASSWORD},
+        {"username": "alice", "password": PASSWORD, "remember": 3},
+    ],
 )
 async def test_api_login_malformed_body_is_400(app, body):
     """Missing or mistyped fields: 400 with the error shape, no cookie."""

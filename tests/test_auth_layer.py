@@ -9,9 +9,8 @@ import pytest
 from conftest import auth_cookie, client_with_cookie, db_rows, db_write, register_api
 from quart import render_template_string
 
-from quart_login import token_digest, utcnow
-
 from quart_app.auth import AnonymousUser, current_user
+from quart_login import token_digest, utcnow
 
 PASSWORD = "correct horse battery"
 

@@ -39,14 +39,17 @@ form_bodies = st.dictionaries(
 
 JSON_POSTS = ["/api/register", "/api/login", "/api/logout", "/api/password", "/api/sessions/revoke-others"]
 FORM_POSTS = [
-    "/register", "/login", "/logout", "/account/password", "/account/sessions/revoke-others", "/reauthenticate"
+    "/register",
+    "/login",
+    "/logout",
+    "/account/password",
+    "/account/sessions/revoke-others",
+    "/reauthenticate",
 ]
 
 
 def counts(database) -> tuple[int, int]:
-    [(users, sessions)] = db_rows(
-        database, "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM auth_sessions)"
-    )
+    [(users, sessions)] = db_rows(database, "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM auth_sessions)")
     return users, sessions
 
 
@@ -73,8 +76,15 @@ async def test_json_bodies_never_5xx_and_4xx_store_nothing(make_app, database, p
     path=st.sampled_from(JSON_POSTS + FORM_POSTS),
     raw=st.binary(max_size=3000),
     content_type=st.sampled_from(
-        ["application/json", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-         "multipart/form-data", "text/plain", "application/json; charset=latin-1", ""]
+        [
+            "application/json",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "multipart/form-data",
+            "text/plain",
+            "application/json; charset=latin-1",
+            "",
+        ]
     ),
 )
 async def test_raw_bytes_never_5xx(make_app, database, path, raw, content_type):
@@ -112,7 +122,8 @@ async def test_arbitrary_cookies_are_anonymous_never_5xx(make_app, database, aut
     async with app.test_app():
         client = app.test_client()
         cookie = "; ".join(
-            f"{name}={value}" for name, value in (("quart_app_auth", auth), ("quart_app_session", session))
+            f"{name}={value}"
+            for name, value in (("quart_app_auth", auth), ("quart_app_session", session))
             if all(32 < ord(c) < 127 and c not in ';,"\\' for c in value)
         )
         response = await client.get(path, headers={"Cookie": cookie} if cookie else {})

@@ -28,7 +28,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-
 PASSWORD = "correct horse battery"
 BASE_URL = "http://testserver"
 # The contract's JSON API and account tables.
@@ -215,9 +214,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_off_the_document(make_app, oper
         runner.run(stack.enter_async_context(app.test_app()))
         try:
             client = runner.run(
-                stack.enter_async_context(
-                    httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL)
-                )
+                stack.enter_async_context(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL))
             )
             # Sessions are opened from another address, so the fuzzed logins' per-IP throttle never blocks them.
             owner = runner.run(

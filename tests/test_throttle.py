@@ -11,9 +11,9 @@ from conftest import FAST_HASHING, csrf_from, db_rows, db_write, login_form, reg
 
 from quart_app import create_app
 from quart_app.auth import events, fresh_login_required
-from quart_login import utcnow
 from quart_app.auth.throttle import RedisStore
 from quart_app.core.config import ConfigError
+from quart_login import utcnow
 
 PASSWORD = "correct horse battery"
 

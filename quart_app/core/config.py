@@ -126,9 +126,7 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
     return str(raw)
 
 
-def load_settings(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from the environment, then ``overrides`` (unprefixed names)."""
     environ = os.environ if environ is None else environ
     overrides = dict(overrides or {})
@@ -167,9 +165,7 @@ def load_settings(
     if settings.is_production and any(len(key) < 32 for key in settings.secret_key_fallbacks):
         raise ConfigError(f"{PREFIX}SECRET_KEY_FALLBACKS holds a key too short for production")
     if settings.SESSION_IDLE_TIMEOUT > settings.SESSION_ABSOLUTE_TIMEOUT:
-        raise ConfigError(
-            f"{PREFIX}SESSION_IDLE_TIMEOUT must not exceed {PREFIX}SESSION_ABSOLUTE_TIMEOUT"
-        )
+        raise ConfigError(f"{PREFIX}SESSION_IDLE_TIMEOUT must not exceed {PREFIX}SESSION_ABSOLUTE_TIMEOUT")
     if settings.ARGON2_MEMORY_COST < 8 * settings.ARGON2_PARALLELISM:
         raise ConfigError(f"{PREFIX}ARGON2_MEMORY_COST must be at least 8 KiB per lane")
     return settings

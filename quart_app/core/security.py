@@ -47,12 +47,8 @@ class PasswordHasher:
     real parallelism; the pool size bounds how much CPU hashing can take.
     """
 
-    def __init__(
-        self, *, time_cost: int, memory_cost: int, parallelism: int, workers: int, max_pending: int
-    ) -> None:
-        self._argon2 = Argon2Hasher(
-            time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID
-        )
+    def __init__(self, *, time_cost: int, memory_cost: int, parallelism: int, workers: int, max_pending: int) -> None:
+        self._argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID)
         self._workers = workers
         # Admission control: beyond this many hashes in flight (running or
         # queued) a new login gets 503 instead of waiting for minutes.
