@@ -66,7 +66,9 @@ async def login_user(
     """Start a server-side session for ``user`` and set its cookie on this response.
 
     As in Flask-Login: an inactive user is refused (False) unless ``force``;
-    ``remember`` makes the cookie persistent; ``fresh=False`` starts a session
+    ``remember`` makes the cookie persistent; ``duration`` shortens a
+    remembered session's server-side lifetime (the cookie keeps
+    REMEMBER_DURATION as its max age); ``fresh=False`` starts a session
     that ``fresh_login_required`` does not accept until ``confirm_login()``.
     Logging in again (or as someone else) replaces this browser's session.
     """
@@ -80,7 +82,8 @@ async def login_user(
         fresh=fresh,
         ip=request.remote_addr,
         user_agent=request.headers.get("User-Agent"),
-        duration=duration.total_seconds() if duration is not None else None,
+        # At most REMEMBER_DURATION: the cookie's signature is not accepted for longer.
+        duration=min(duration.total_seconds(), login.lifetimes.remember) if duration is not None else None,
     )
     token, record = await login.store.start(new, login.lifetimes, replaces=state.token)
     login.cookie.login_user(AuthUser(token, Action.WRITE_PERMANENT if remember else Action.WRITE))
