@@ -85,9 +85,15 @@ class Lifetimes:
     touch_interval: float
 
     def __post_init__(self) -> None:
-        for name in ("idle", "absolute", "remember", "touch_interval"):
+        keys = {
+            "idle": "SESSION_IDLE_TIMEOUT",
+            "absolute": "SESSION_ABSOLUTE_TIMEOUT",
+            "remember": "REMEMBER_DURATION",
+            "touch_interval": "SESSION_TOUCH_INTERVAL",
+        }
+        for name, key in keys.items():
             if getattr(self, name) <= 0:
-                raise ValueError(f"{PREFIX}{name.upper()} lifetimes must be positive")
+                raise ValueError(f"{PREFIX}{key} must be positive")
         if self.idle > self.absolute:
             raise ValueError(f"{PREFIX}SESSION_IDLE_TIMEOUT must not exceed {PREFIX}SESSION_ABSOLUTE_TIMEOUT")
 
@@ -105,7 +111,7 @@ def read_config(config: Any) -> dict[str, Any]:
     """Every setting, from ``config`` (an app's ``app.config``) or its default."""
     values = {name: config.get(PREFIX + name, default) for name, default in DEFAULTS.items()}
     values["EXEMPT_METHODS"] = frozenset(method.upper() for method in values["EXEMPT_METHODS"])
-    if values["COOKIE_SAMESITE"] not in ("Lax", "Strict", None):
+    if values["COOKIE_SAMESITE"] not in ("Lax", "Strict"):
         raise ValueError(f"{PREFIX}COOKIE_SAMESITE must be 'Lax' or 'Strict'")
     return values
 

@@ -22,7 +22,6 @@ from quart import (
     flash,
     g,
     has_request_context,
-    has_websocket_context,
     json,
     redirect,
     request,
@@ -107,6 +106,7 @@ class LoginManager:
                 "LoginManager needs a session store: LoginManager(store=...) or init_app(app, store=...)"
             )
         config = read_config(app.config)
+        session_lifetimes = lifetimes(config)
         cookie = self.cookie_class(
             app,
             attribute_name="_quart_login_cookie",
@@ -118,10 +118,10 @@ class LoginManager:
             cookie_http_only=config["COOKIE_HTTPONLY"],
             # The signature's max age: the longest a session may live. The
             # store decides each session's real lifetime.
-            duration=int(max(config["REMEMBER_DURATION"], config["SESSION_ABSOLUTE_TIMEOUT"])),
+            duration=int(max(session_lifetimes.remember, session_lifetimes.absolute)),
             salt=config["SALT"],
         )
-        app.extensions[EXTENSION] = AppLogin(self, config, lifetimes(config), cookie, store)
+        app.extensions[EXTENSION] = AppLogin(self, config, session_lifetimes, cookie, store)
         app.before_request(self._load_request_user)
         app.before_websocket(self._load_websocket_user)
 
@@ -157,6 +157,8 @@ class LoginManager:
             found = await login.store.resolve(token, login.lifetimes)
             if found is not None:
                 user = found.user
+                if self._user_callback is None and user is None:
+                    raise RuntimeError("the session store gives no user: register a user_loader on the LoginManager")
                 if self._user_callback is not None:
                     user = await _call(self._user_callback, str(found.auth_session.user_id))
                 if user is not None:
@@ -265,7 +267,7 @@ def login_url(login_view: str, next_url: str | None = None, next_field: str = "n
 
 def wants_json() -> bool:
     """True for clients that prefer JSON to HTML, or say they are scripts (``X-Requested-With``)."""
-    if not (has_request_context() or has_websocket_context()):
+    if not has_request_context():  # a websocket has no Accept to negotiate
         return False
     if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
         return True

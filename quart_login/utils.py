@@ -24,7 +24,7 @@ def app_login() -> AppLogin:
     try:
         return current_app.extensions[EXTENSION]
     except KeyError:
-        raise RuntimeError("quart_login is not set up on this app: call LoginManager().init_app(app)") from None
+        raise RuntimeError("quart_login is not set up on this app: LoginManager(store=...).init_app(app)") from None
 
 
 def login_state() -> LoginState:
