@@ -13,7 +13,9 @@ existing table, column, index and value as it is::
 What is kept is kept as it is, even where it differs from the models (a
 column's type, say): ``alembic check`` then reports the difference.
 
-They run inside a revision (they use ``alembic.op``). The module also gives
+They run inside a revision (they use ``alembic.op``). Offline (``alembic
+upgrade --sql``: no database to look at) they take everything as missing and
+write what ``op`` would. The module also gives
 Alembic's autogenerate (``alembic check``, ``revision --autogenerate``) the
 comparison of indexes on expressions for SQLite, whose reflection in
 SQLAlchemy skips them; alembic/env.py imports it for that.
@@ -50,16 +52,24 @@ def _inspector() -> sa.Inspector:
     return sa.inspect(op.get_bind())
 
 
+def _offline() -> bool:
+    return op.get_context().as_sql
+
+
 def has_table(table: str) -> bool:
-    return _inspector().has_table(table)
+    return not _offline() and _inspector().has_table(table)
 
 
 def column_names(table: str) -> set[str]:
+    if _offline():
+        return set()
     return {column["name"] for column in _inspector().get_columns(table)}
 
 
 def index_names(table: str) -> set[str]:
     """Every index of ``table``, those on expressions included (which SQLite's reflection leaves out)."""
+    if _offline():
+        return set()
     connection = op.get_bind()
     if connection.dialect.name == "sqlite":
         return set(_sqlite_index_sql(connection, table))
@@ -99,7 +109,7 @@ def create_index_if_missing(index: str, table: str, columns: Sequence[str | sa.T
 
 def drop_columns_if_present(table: str, *names: str) -> list[str]:
     """Drop each of the columns ``names`` that ``table`` has (the rest of the table is kept); those dropped."""
-    present = [name for name in names if name in column_names(table)]
+    present = list(names) if _offline() else [name for name in names if name in column_names(table)]
     if present:
         with batch_alter_table(table) as batch:
             for name in present:
@@ -119,7 +129,7 @@ def batch_alter_table(table: str, **kwargs: Any) -> Iterator[Any]:
     reads). Elsewhere this is ``op.batch_alter_table``.
     """
     connection = op.get_bind()
-    if connection.dialect.name != "sqlite":
+    if connection.dialect.name != "sqlite" or _offline():
         with op.batch_alter_table(table, **kwargs) as batch:
             yield batch
         return

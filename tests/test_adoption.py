@@ -2,7 +2,9 @@
 
 The Flask-era file is built here with the stdlib sqlite3 module and the exact
 DDL Flask-SQLAlchemy's create_all emits for the seed's model, with passwords
-hashed by Werkzeug as the seed's ``set_password`` does.
+hashed by Werkzeug as the seed's ``set_password`` does. The database of a
+Flask app that grew (columns and a table of its own) is built the same way,
+on the suite's backend (SQLite, or PostgreSQL: tests/backends.py).
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from argon2 import PasswordHasher as Argon2Hasher
 from conftest import FAST_HASHING, ROOT, alembic, auth_cookie, login_form, register_api, sqlite_url
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.schema import CreateTable
 from werkzeug.security import generate_password_hash
 
 from quart_app import create_app
 
-# These tests build SQLite files of their own (the Flask app's default store);
-# the PostgreSQL adoption path is in test_postgresql.py.
-pytestmark = pytest.mark.sqlite_only("builds and inspects its own SQLite files")
+# Most tests build SQLite files of their own (the Flask app's default store);
+# those of a grown Flask app (below) run on either backend.
+SQLITE_FILES = pytest.mark.sqlite_only("builds and inspects its own SQLite files")
 
 # The newest revision, whatever later revisions add after port_sessions.
 HEAD = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
@@ -107,9 +113,10 @@ def adopt(path: Path) -> None:
 
 
 @asynccontextmanager
-async def serving(path: Path):
-    """A test client of a freshly created app on ``path``."""
-    app = create_app({"ENV": "testing", "DATABASE_URL": sqlite_url(path), **FAST_HASHING})
+async def serving(path: Path | str):
+    """A test client of a freshly created app on the SQLite file ``path``, or on the database URL ``path``."""
+    url = path if isinstance(path, str) else sqlite_url(path)
+    app = create_app({"ENV": "testing", "DATABASE_URL": url, **FAST_HASHING})
     async with app.test_app():
         yield app.test_client()
 
@@ -151,6 +158,7 @@ def test_flask_era_hashes_are_werkzeug_scrypt_and_pbkdf2(flask_rows):
     assert prefixes[1].startswith("pbkdf2:sha256:")
 
 
+@SQLITE_FILES
 def test_adoption_keeps_every_row_and_its_hash(adopted, flask_rows):
     """After stamp seed + upgrade head every row keeps its id, username, email and hash."""
     assert revision(adopted) == [HEAD]
@@ -160,6 +168,7 @@ def test_adoption_keeps_every_row_and_its_hash(adopted, flask_rows):
     assert query(adopted, "SELECT is_active, created_at FROM users") == [(1, None)] * len(flask_rows)
 
 
+@SQLITE_FILES
 @pytest.mark.parametrize(("user_id", "username", "email", "password", "_method"), FLASK_USERS)
 async def test_adopted_user_logs_in_with_old_password_by_username_or_email_in_any_case(
     adopted, user_id, username, email, password, _method
@@ -172,6 +181,7 @@ async def test_adopted_user_logs_in_with_old_password_by_username_or_email_in_an
             assert body == {"id": user_id, "username": username, "email": email}
 
 
+@SQLITE_FILES
 async def test_adopted_user_logs_in_through_the_html_form(adopted):
     """The login page (csrf token and all) accepts an adopted user's old password."""
     _, username, _, password, _ = FLASK_USERS[2]
@@ -182,6 +192,7 @@ async def test_adopted_user_logs_in_through_the_html_form(adopted):
     assert stored_hash(adopted, 7).startswith("$argon2id$")
 
 
+@SQLITE_FILES
 @pytest.mark.parametrize(("user_id", "username", "_email", "password", "method"), FLASK_USERS)
 async def test_first_login_replaces_werkzeug_hash_with_argon2id(adopted, user_id, username, _email, password, method):
     """The Werkzeug hash is verified once, then replaced by argon2id with the app's parameters."""
@@ -202,6 +213,7 @@ async def test_first_login_replaces_werkzeug_hash_with_argon2id(adopted, user_id
     assert stored_hash(adopted, user_id) == upgraded
 
 
+@SQLITE_FILES
 @pytest.mark.parametrize(("user_id", "username", "email", "password", "_method"), FLASK_USERS)
 async def test_wrong_password_is_refused_before_and_after_the_hash_upgrade(
     adopted, user_id, username, email, password, _method
@@ -222,6 +234,7 @@ async def test_wrong_password_is_refused_before_and_after_the_hash_upgrade(
         assert await api_login(client, username.upper(), password[:-1]) == (401, LOGIN_FAILED)
 
 
+@SQLITE_FILES
 async def test_registration_differing_only_in_case_from_adopted_user_is_refused(adopted):
     """Usernames and emails of adopted rows are taken whatever the case: 409, nothing added."""
     async with serving(adopted) as client:
@@ -239,6 +252,7 @@ async def test_registration_differing_only_in_case_from_adopted_user_is_refused(
     assert query(adopted, "SELECT count(*) FROM users") == [(len(FLASK_USERS),)]
 
 
+@SQLITE_FILES
 @pytest.mark.parametrize(
     ("username", "email", "index"),
     [
@@ -252,6 +266,7 @@ def test_lower_unique_indexes_cover_adopted_rows(adopted, username, email, index
         conn.execute("INSERT INTO users (username, email, password_hash) VALUES (?, ?, 'x')", (username, email))
 
 
+@SQLITE_FILES
 def test_migrations_upgrade_downgrade_and_upgrade_again_on_empty_database(tmp_path):
     """upgrade head, downgrade seed, upgrade head: the migrations are reversible."""
     path = tmp_path / "empty.db"
@@ -279,6 +294,7 @@ def test_migrations_upgrade_downgrade_and_upgrade_again_on_empty_database(tmp_pa
     assert {name for _, name, _ in schema_names(path)} == {"alembic_version", "sqlite_autoindex_alembic_version_1"}
 
 
+@SQLITE_FILES
 def test_downgrade_of_adopted_database_gives_back_the_flask_table_and_rows(adopted, flask_rows):
     """downgrade seed on an adopted database returns the Flask app's columns, rows included."""
     alembic("downgrade", "seed", url=sqlite_url(adopted))
@@ -291,6 +307,7 @@ def test_downgrade_of_adopted_database_gives_back_the_flask_table_and_rows(adopt
     assert query(adopted, "SELECT * FROM users ORDER BY id") == flask_rows
 
 
+@SQLITE_FILES
 def test_fresh_schema_matches_adopted_schema(tmp_path, adopted):
     """upgrade head on an empty database and adoption give the same tables and indexes."""
     fresh = tmp_path / "fresh.db"
@@ -308,6 +325,7 @@ def test_fresh_schema_matches_adopted_schema(tmp_path, adopted):
     )
 
 
+@SQLITE_FILES
 async def test_weaker_argon2_hash_is_rehashed_with_app_parameters_at_login(database):
     """An argon2id hash with older, weaker parameters is replaced after a successful login."""
     weak = Argon2Hasher(time_cost=1, memory_cost=512, parallelism=1).hash("weakly hashed pw")
@@ -344,6 +362,7 @@ def case_duplicates_database(path: Path, column: str) -> Path:
     return flask_database(path, rows)
 
 
+@SQLITE_FILES
 @pytest.mark.parametrize("column", ["username", "email"])
 def test_upgrade_with_values_differing_only_in_case_fails_and_keeps_every_row(tmp_path, column):
     """Usernames or emails differing only in case stop upgrade head; rows and revision stay as they were."""
@@ -366,6 +385,7 @@ def test_upgrade_with_values_differing_only_in_case_fails_and_keeps_every_row(tm
     }
 
 
+@SQLITE_FILES
 def test_failed_upgrade_leaves_nothing_behind_and_succeeds_once_duplicates_are_merged(tmp_path):
     """After the case duplicates are merged by hand, upgrade head simply runs again."""
     path = case_duplicates_database(tmp_path / "dupes.db", "username")
@@ -379,3 +399,269 @@ def test_failed_upgrade_leaves_nothing_behind_and_succeeds_once_duplicates_are_m
     alembic("upgrade", "head", url=sqlite_url(path))
     assert revision(path) == [HEAD]
     assert query(path, "SELECT id, username FROM users ORDER BY id") == [(1, "Carol"), (2, "carol2")]
+
+
+# -- a Flask app that grew: columns of its own on users, a notes table -----------------------
+#
+# These run on the suite's backend: the database is made with the DDL
+# Flask-SQLAlchemy's create_all emits there for the grown app's models.
+
+GROWN_METADATA = sa.MetaData()
+sa.Table(
+    "users",
+    GROWN_METADATA,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("username", sa.String(50), unique=True, nullable=False),
+    sa.Column("email", sa.String(120), unique=True, nullable=False),
+    sa.Column("password_hash", sa.String(256), nullable=False),
+    sa.Column("created_at", sa.DateTime),  # default=datetime.utcnow, on the Python side
+    sa.Column("is_admin", sa.Boolean),
+    sa.Column("display_name", sa.String(80)),
+)
+sa.Table(
+    "notes",
+    GROWN_METADATA,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime),
+)
+DIALECTS = {"sqlite": sqlite_dialect.dialect(), "postgresql": postgresql.dialect()}
+USERS_COLUMNS = "id, username, email, password_hash, created_at, is_admin, display_name"
+# (created_at, is_admin, display_name) of each of FLASK_USERS.
+GROWN_EXTRAS = {
+    1: ("2019-04-01 09:30:00.000000", True, "Alice A."),
+    2: (None, None, None),
+    7: ("2021-11-15 17:45:12.123456", False, "Bob"),
+}
+NOTES = [
+    (1, 1, "alice's first note", "2019-04-02 10:00:00.000000"),
+    (2, 7, "bob's note", "2021-12-01 08:00:00.000000"),
+    (3, 1, "another of alice's", None),
+]
+# The fork revision shown in docs/porting-from-flask-login.md.
+GUIDE = ROOT / "docs" / "porting-from-flask-login.md"
+
+
+@pytest.fixture
+def grown(backend, tmp_path, flask_rows):
+    """The Flask app's database, grown: users with created_at, is_admin, display_name; notes."""
+    database = backend.create(tmp_path)
+    for table in GROWN_METADATA.sorted_tables:
+        database.write(str(CreateTable(table).compile(dialect=DIALECTS[database.backend])))
+    for row in flask_rows:
+        database.write(f"INSERT INTO users ({USERS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", *row, *GROWN_EXTRAS[row[0]])
+    for row in NOTES:
+        database.write("INSERT INTO notes (id, user_id, body, created_at) VALUES (?, ?, ?, ?)", *row)
+    if not database.is_sqlite:
+        for table in ("users", "notes"):
+            database.write(f"SELECT setval('{table}_id_seq', (SELECT max(id) FROM {table}))")
+    yield database
+    database.drop()
+
+
+def adopt_database(database, *config: str) -> None:
+    """The guide's two commands (``config``: alembic's -c option, for a fork's scripts)."""
+    alembic(*config, "stamp", "seed", url=database.url)
+    alembic(*config, "upgrade", "head", url=database.url)
+
+
+def flask_values(database) -> dict[str, list[tuple]]:
+    """Every value the grown Flask app stored, table by table."""
+    return {
+        "users": database.rows(f"SELECT {USERS_COLUMNS} FROM users ORDER BY id"),
+        "notes": database.rows("SELECT * FROM notes ORDER BY id"),
+    }
+
+
+def table_names(database) -> set[str]:
+    if database.is_sqlite:
+        return {name for (name,) in database.rows("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {name for (name,) in database.rows("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+
+def columns(database, table: str) -> list[tuple]:
+    """The columns of ``table`` in order: name, type, nullability, default."""
+    if database.is_sqlite:
+        return [row[1:5] for row in database.rows(f"PRAGMA table_info({table})")]
+    return database.rows(
+        "SELECT column_name, data_type, character_maximum_length, is_nullable, column_default "
+        "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = ? ORDER BY ordinal_position",
+        table,
+    )
+
+
+def definition(database, table: str) -> dict[str, object]:
+    """What ``table`` is: its columns, and its constraints and indexes with their SQL."""
+    if database.is_sqlite:
+        rows = database.rows(f"PRAGMA foreign_key_list({table})")
+        keys = {("foreign key", row[2:5]) for row in rows}
+        index_rows = database.rows("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", table)
+        uniques = {
+            ("unique", tuple(row[2] for row in database.rows(f'PRAGMA index_info("{name}")')))
+            for name, sql in index_rows
+            if sql is None
+        }
+        indexes = {(name, sql) for name, sql in index_rows if sql is not None}
+        return {"columns": columns(database, table), "constraints": keys | uniques, "indexes": indexes}
+    constraints = database.rows(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = ?::regclass", table
+    )
+    indexes = database.rows("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = ?", table)
+    return {"columns": columns(database, table), "constraints": set(constraints), "indexes": set(indexes)}
+
+
+def everything(database) -> dict[str, object]:
+    """Every table's definition and rows."""
+    return {
+        table: (definition(database, table), database.rows(f"SELECT * FROM {table} ORDER BY 1"))
+        for table in sorted(table_names(database))
+    }
+
+
+def test_adoption_of_grown_flask_database_keeps_every_value_and_table(grown):
+    """Columns the port also has (created_at), columns and tables it does not know: all kept, values included."""
+    values, users, notes = flask_values(grown), definition(grown, "users"), definition(grown, "notes")
+    adopt_database(grown)
+
+    assert [version for (version,) in grown.rows("SELECT version_num FROM alembic_version")] == [HEAD]
+    assert flask_values(grown) == values
+    assert definition(grown, "notes") == notes
+    # users keeps its columns as they were; only is_active is added (true for everyone).
+    after = definition(grown, "users")
+    assert after["columns"][: len(users["columns"])] == users["columns"]
+    assert [column[0] for column in after["columns"][len(users["columns"]) :]] == ["is_active"]
+    assert users["constraints"] <= after["constraints"]
+    assert grown.rows("SELECT count(*) FROM users WHERE is_active = ?", True) == [(len(FLASK_USERS),)]
+    assert {"notes", "auth_sessions", "auth_events", "login_throttle"} <= table_names(grown)
+
+
+async def test_grown_flask_users_log_in_and_keep_their_other_values(grown):
+    """Old passwords log in; the hash is all that changes, and a newcomer can register."""
+    adopt_database(grown)
+    values = flask_values(grown)
+    async with serving(grown.url) as client:
+        for user_id, username, email, password, _ in FLASK_USERS:
+            status, body = await api_login(client, username.upper(), password)
+            assert (status, body) == (200, {"id": user_id, "username": username, "email": email})
+        assert (await register_api(client, "newcomer")).status_code == 201
+
+    after = flask_values(grown)
+    assert after["notes"] == values["notes"]
+    old_users, new_users = values["users"], after["users"][: len(values["users"])]
+    assert [row[:3] + row[4:] for row in new_users] == [row[:3] + row[4:] for row in old_users]
+    assert all(row[3].startswith("$argon2id$") for row in new_users)
+    assert after["users"][-1][1:3] == ("newcomer", "newcomer@example.com")
+
+
+def test_upgrade_head_again_changes_nothing(grown):
+    adopt_database(grown)
+    before = everything(grown)
+    result = alembic("upgrade", "head", url=grown.url)
+    assert "Running upgrade" not in result.stderr
+    assert everything(grown) == before
+
+
+async def test_downgrade_of_session_auth_time_on_grown_database(grown):
+    """Down to account_security: auth_time goes, sessions and the Flask values stay; up again, it is backfilled."""
+    adopt_database(grown)
+    for _, username, _, password, _ in FLASK_USERS[:2]:
+        async with serving(grown.url) as client:  # a browser each
+            assert (await api_login(client, username, password))[0] == 200
+    values = flask_values(grown)
+    sessions = grown.rows("SELECT id, user_id, token_hash, created_at FROM auth_sessions ORDER BY id")
+    assert len(sessions) == 2
+
+    alembic("downgrade", "account_security", url=grown.url)
+    assert "auth_time" not in [column[0] for column in columns(grown, "auth_sessions")]
+    assert grown.rows("SELECT id, user_id, token_hash, created_at FROM auth_sessions ORDER BY id") == sessions
+    assert flask_values(grown) == values
+
+    alembic("upgrade", "head", url=grown.url)
+    assert grown.rows("SELECT id, auth_time FROM auth_sessions ORDER BY id") == [(row[0], row[3]) for row in sessions]
+
+
+def test_downgrade_to_seed_keeps_the_flask_app_s_own_columns_and_tables(grown):
+    """downgrade seed drops what the port adds (created_at included, as the guide says) and nothing else."""
+    values = flask_values(grown)
+    adopt_database(grown)
+    alembic("downgrade", "seed", url=grown.url)
+    assert table_names(grown) == {"users", "notes", "alembic_version"}
+    assert [column[0] for column in columns(grown, "users")] == [
+        "id",
+        "username",
+        "email",
+        "password_hash",
+        "is_admin",
+        "display_name",
+    ]
+    kept = "id, username, email, password_hash, is_admin, display_name"
+    assert grown.rows(f"SELECT {kept} FROM users ORDER BY id") == [row[:4] + row[5:] for row in values["users"]]
+    assert grown.rows("SELECT * FROM notes ORDER BY id") == values["notes"]
+
+
+def test_check_reports_what_the_grown_flask_app_has_and_the_models_do_not(grown):
+    """alembic check does not hide the Flask app's own columns and table: a fork declares them."""
+    adopt_database(grown)
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        alembic("check", url=grown.url)
+    [report] = [line for line in failure.value.stdout.splitlines() if line.startswith("FAILED: ")]
+    assert "('remove_table', Table('notes'" in report
+    for column in ("is_admin", "display_name"):
+        assert f"('remove_column', None, 'users', Column({column!r}" in report
+    # Nothing else: the created_at the Flask app had is what the models declare.
+    assert sorted(re.findall(r"\('((?:add|remove|modify)_\w+)'", report)) == [
+        "remove_column",
+        "remove_column",
+        "remove_table",
+    ]
+
+
+def guide_fork_revision() -> str:
+    """The fork revision the porting guide shows (its python block that defines revision "notes")."""
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.DOTALL)
+    [block] = [block for block in blocks if 'revision = "notes"' in block]
+    return block
+
+
+def fork_scripts(tmp_path: Path) -> Path:
+    """A fork's alembic/: the port's revisions and the guide's; its alembic.ini."""
+    shutil.copytree(ROOT / "alembic", tmp_path / "alembic", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "alembic" / "versions" / "0100_notes.py").write_text(guide_fork_revision())
+    shutil.copy(ROOT / "alembic.ini", tmp_path / "alembic.ini")
+    return tmp_path / "alembic.ini"
+
+
+def test_guide_fork_revision_follows_the_port_s_head():
+    assert f'down_revision = "{HEAD}"' in guide_fork_revision(), "the guide's fork revision must follow the head"
+
+
+def test_guide_fork_revision_adopts_the_flask_app_s_notes(grown, tmp_path):
+    """The fork's revision meets the notes table the Flask app made: kept with its rows, and indexed."""
+    config = ("-c", str(fork_scripts(tmp_path)))
+    values, notes = flask_values(grown), definition(grown, "notes")
+    adopt_database(grown, *config)
+
+    assert grown.rows("SELECT version_num FROM alembic_version") == [("notes",)]
+    assert flask_values(grown) == values
+    after = definition(grown, "notes")
+    assert (after["columns"], after["constraints"]) == (notes["columns"], notes["constraints"])
+    assert {name for name, _ in after["indexes"] - notes["indexes"]} == {"ix_notes_user_id"}
+    assert "Running upgrade" not in alembic(*config, "upgrade", "head", url=grown.url).stderr
+
+
+def test_guide_fork_revision_creates_notes_on_a_new_database(backend, tmp_path):
+    config = ("-c", str(fork_scripts(tmp_path)))
+    database = backend.create(tmp_path)
+    try:
+        alembic(*config, "upgrade", "head", url=database.url)
+        assert "notes" in table_names(database)
+        assert "display_name" in [column[0] for column in columns(database, "users")]
+        database.write("INSERT INTO users (username, email, password_hash) VALUES ('a', 'a@example.com', 'x')")
+        database.write("INSERT INTO notes (user_id, body) VALUES ((SELECT id FROM users), 'a note')")
+
+        alembic(*config, "downgrade", HEAD, url=database.url)
+        assert "notes" not in table_names(database)
+        assert "display_name" not in [column[0] for column in columns(database, "users")]
+    finally:
+        database.drop()

@@ -4,6 +4,10 @@
 - case-insensitive uniqueness of username and email, enforced by the database;
 - auth_sessions: server-side sessions, found by the SHA-256 of the cookie's secret.
 
+The users table of an adopted Flask database is altered in place, never
+copied: a column or index it already has (created_at, say) is kept with its
+values, and so is every column and table the port does not know.
+
 Revision ID: port_sessions
 Revises: seed
 Create Date: 2026-11-22
@@ -13,6 +17,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+from quart_app.migrations import add_missing_columns, create_index_if_missing, drop_columns_if_present
 
 revision: str = "port_sessions"
 down_revision: str | Sequence[str] | None = "seed"
@@ -25,9 +31,13 @@ def _refuse_case_duplicates() -> None:
     # lower() indexes cannot be built then. Say which, before changing anything.
     connection = op.get_bind()
     for column in ("username", "email"):
-        clashes = connection.execute(
-            sa.text(f"SELECT lower({column}) FROM users GROUP BY lower({column}) HAVING count(*) > 1")
-        ).scalars().all()
+        clashes = (
+            connection.execute(
+                sa.text(f"SELECT lower({column}) FROM users GROUP BY lower({column}) HAVING count(*) > 1")
+            )
+            .scalars()
+            .all()
+        )
         if clashes:
             raise RuntimeError(
                 f"users.{column} holds values that differ only in case ({', '.join(sorted(clashes)[:10])}); "
@@ -37,11 +47,13 @@ def _refuse_case_duplicates() -> None:
 
 def upgrade() -> None:
     _refuse_case_duplicates()
-    with op.batch_alter_table("users") as batch:
-        batch.add_column(sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()))
-        batch.add_column(sa.Column("created_at", sa.DateTime(), nullable=True))
-    op.create_index("uq_users_username_lower", "users", [sa.text("lower(username)")], unique=True)
-    op.create_index("uq_users_email_lower", "users", [sa.text("lower(email)")], unique=True)
+    add_missing_columns(
+        "users",
+        sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()),
+        sa.Column("created_at", sa.DateTime(), nullable=True),
+    )
+    create_index_if_missing("uq_users_username_lower", "users", [sa.text("lower(username)")], unique=True)
+    create_index_if_missing("uq_users_email_lower", "users", [sa.text("lower(email)")], unique=True)
 
     op.create_table(
         "auth_sessions",
@@ -62,10 +74,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Back to the seed's users table: is_active and created_at go, even on a
+    # database whose Flask app had columns of those names; the rest is kept.
     op.drop_index("ix_auth_sessions_user_id", table_name="auth_sessions")
     op.drop_table("auth_sessions")
     op.drop_index("uq_users_email_lower", table_name="users")
     op.drop_index("uq_users_username_lower", table_name="users")
-    with op.batch_alter_table("users") as batch:
-        batch.drop_column("created_at")
-        batch.drop_column("is_active")
+    drop_columns_if_present("users", "created_at", "is_active")
