@@ -13,7 +13,7 @@ import asyncio
 
 from quart import Blueprint, websocket
 
-from quart_login import current_user, session_token
+from quart_login import current_auth_session, current_user
 
 from .auth.sessions import get_store
 from .core.config import get_settings
@@ -27,8 +27,8 @@ POLICY_VIOLATION = 1008  # RFC 6455: what an anonymous or revoked client is clos
 async def session_channel() -> None:
     """Say hello to a logged-in client, then {"event": "revoked"} and close 1008 once its session ends."""
     await websocket.accept()
-    token = session_token()
-    if not current_user.is_authenticated or token is None:
+    auth_session = current_auth_session()
+    if not current_user.is_authenticated or auth_session is None:
         await websocket.close(POLICY_VIOLATION, "login required")
         return
     await websocket.send_json({"event": "hello", "username": current_user.username})
@@ -46,7 +46,9 @@ async def session_channel() -> None:
             done, _ = await asyncio.wait({reader}, timeout=interval)
             if done:  # the client went away
                 return
-            if not await store.is_live(token):
+            # By the session's id: the session may get a new secret (a
+            # password change in this browser) and is still the same one.
+            if not await store.is_open(auth_session.id):
                 await websocket.send_json({"event": "revoked"})
                 await websocket.close(POLICY_VIOLATION, "session revoked")
                 return

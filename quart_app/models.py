@@ -76,7 +76,7 @@ class AuthEvent(Base):
 
 
 class LoginThrottle(Base):
-    """Failed-login counters shared by every worker and instance, one row per account or client."""
+    """Password-check counters shared by every worker and instance, one row per account, client or pair."""
 
     __tablename__ = "login_throttle"
 
@@ -84,3 +84,6 @@ class LoginThrottle(Base):
     failures: Mapped[int] = mapped_column(Integer, nullable=False)
     last_failure_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Attempts reserved before their password is verified, not yet decided.
+    pending: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    pending_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

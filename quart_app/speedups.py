@@ -331,7 +331,7 @@ def install_raw_lookup(store: SQLAlchemyAuthSessionStore, database: Database) ->
 
 def _sqlite_lookup(store: SQLAlchemyAuthSessionStore, database: Database) -> None:
     raw = store.compile_for(sqlite_dialect())
-    resolve, live, touch = raw["resolve"], raw["live"], raw["touch"]
+    resolve, is_open, touch = raw["resolve"], raw["open"], raw["touch"]
 
     async def lookup(digest: str, now: datetime, lifetimes: Lifetimes) -> tuple | None:
         params = resolve.params(digest=digest, now=now)
@@ -347,18 +347,18 @@ def _sqlite_lookup(store: SQLAlchemyAuthSessionStore, database: Database) -> Non
 
         return await run_sqlite(database, work)
 
-    async def live_lookup(digest: str, now: datetime) -> bool:
-        params = live.params(digest=digest, now=now)
+    async def open_lookup(session_id: Any, now: datetime) -> bool:
+        params = is_open.params(session_id=session_id, now=now)
         return await run_sqlite(
-            database, lambda connection: connection.execute(live.sql, params).fetchone() is not None
+            database, lambda connection: connection.execute(is_open.sql, params).fetchone() is not None
         )
 
-    store.lookup, store.live_lookup = lookup, live_lookup
+    store.lookup, store.open_lookup = lookup, open_lookup
 
 
 def _asyncpg_lookup(store: SQLAlchemyAuthSessionStore) -> None:
     raw = store.compile_for(asyncpg_dialect())
-    resolve, live, touch = raw["resolve"], raw["live"], raw["touch"]
+    resolve, is_open, touch = raw["resolve"], raw["open"], raw["touch"]
 
     async def lookup(digest: str, now: datetime, lifetimes: Lifetimes) -> tuple | None:
         async with asyncpg_connection() as connection:
@@ -370,8 +370,8 @@ def _asyncpg_lookup(store: SQLAlchemyAuthSessionStore) -> None:
                 await connection.execute(touch.sql, *touch.params(**values))
         return row
 
-    async def live_lookup(digest: str, now: datetime) -> bool:
+    async def open_lookup(session_id: Any, now: datetime) -> bool:
         async with asyncpg_connection() as connection:
-            return await connection.fetchrow(live.sql, *live.params(digest=digest, now=now)) is not None
+            return await connection.fetchrow(is_open.sql, *is_open.params(session_id=session_id, now=now)) is not None
 
-    store.lookup, store.live_lookup = lookup, live_lookup
+    store.lookup, store.open_lookup = lookup, open_lookup

@@ -39,6 +39,7 @@ from .utils import (
     login_state,
     login_user,
     logout_user,
+    rotate_session,
     session_token,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "login_user",
     "logout_user",
     "new_token",
+    "rotate_session",
     "session_token",
     "token_digest",
     "user_accessed",

@@ -39,8 +39,8 @@ UnitRunner = Callable[[Unit], Awaitable[Any]]
 # ``SQLAlchemyAuthSessionStore.columns`` as Python values (or None), and
 # touches the session when ``touch_values`` says so.
 Lookup = Callable[[str, datetime, Lifetimes], Awaitable[tuple | None]]
-# The same for ``is_live``: given the digest and the time, whether it opens a session.
-LiveLookup = Callable[[str, datetime], Awaitable[bool]]
+# The same for ``is_open``: given a session's id and the time, whether it still opens.
+OpenLookup = Callable[[Any, datetime], Awaitable[bool]]
 
 IP_MAX, USER_AGENT_MAX = 45, 256
 
@@ -132,7 +132,7 @@ class SQLAlchemyAuthSessionStore:
         self._run_unit = run_unit or self._run_on_async_session
         #: Faster paths for one backend, set by the app (None: the statements run through SQLAlchemy).
         self.lookup: Lookup | None = None
-        self.live_lookup: LiveLookup | None = None
+        self.open_lookup: OpenLookup | None = None
 
         user_mapper = inspect(user_model)
         self._user_mapper = user_mapper
@@ -154,6 +154,11 @@ class SQLAlchemyAuthSessionStore:
         )
         self.live_statement = (
             select(session_model.id).join(user_model, session_model.user_id == primary_key).where(*conditions)
+        )
+        self.open_statement = (
+            select(session_model.id)
+            .join(user_model, session_model.user_id == primary_key)
+            .where(session_model.id == bindparam("session_id"), *conditions[1:])
         )
         self.touch_statement = (
             update(session_model)
@@ -207,10 +212,10 @@ class SQLAlchemyAuthSessionStore:
         return {"session_id": record.id, "seen": now, "expires": expires}
 
     def compile_for(self, dialect: Dialect) -> dict[str, RawStatement]:
-        """The resolve, live and touch statements compiled for ``dialect`` (for a ``Lookup``)."""
+        """The resolve, open and touch statements compiled for ``dialect`` (for a ``Lookup``/``OpenLookup``)."""
         return {
             "resolve": compile_raw(self.resolve_statement, dialect),
-            "live": compile_raw(self.live_statement, dialect),
+            "open": compile_raw(self.open_statement, dialect),
             "touch": compile_raw(self.touch_statement, dialect),
         }
 
@@ -266,13 +271,29 @@ class SQLAlchemyAuthSessionStore:
 
     async def is_live(self, token: str) -> bool:
         digest, now = token_digest(token), utcnow()
-        if self.live_lookup is not None:
-            return await self.live_lookup(digest, now)
 
         def work(db: Session) -> bool:
             return db.connection().execute(self.live_statement, {"digest": digest, "now": now}).first() is not None
 
         return await self._run(work)
+
+    async def is_open(self, session_id: Any) -> bool:
+        now = utcnow()
+        if self.open_lookup is not None:
+            return await self.open_lookup(session_id, now)
+
+        def work(db: Session) -> bool:
+            found = db.connection().execute(self.open_statement, {"session_id": session_id, "now": now}).first()
+            return found is not None
+
+        return await self._run(work)
+
+    async def rotate(self, auth_session: AuthSession, *, db: AsyncSession | None = None) -> str | None:
+        token = new_token()
+        model = self.session_model
+        statement = update(model).where(model.id == auth_session.id).values(token_hash=token_digest(token))
+        changed = await self._run(lambda db: db.connection().execute(statement).rowcount, db)
+        return token if changed else None
 
     async def confirm(self, auth_session: AuthSession, *, db: AsyncSession | None = None) -> AuthSession:
         now = utcnow()

@@ -86,6 +86,12 @@ class AuthSessionStore(Protocol):
     async def is_live(self, token: str) -> bool:
         """Whether the secret still opens a session, without touching it."""
 
+    async def is_open(self, session_id: Any) -> bool:
+        """Whether the session with this id still opens (not revoked, expired or of an inactive user)."""
+
+    async def rotate(self, auth_session: AuthSession) -> str | None:
+        """Give the session a new secret (the old one opens nothing from now on); None if it is gone."""
+
     async def confirm(self, auth_session: AuthSession) -> AuthSession:
         """Record that a credential was presented again now (``confirm_login``)."""
 

@@ -105,6 +105,26 @@ async def logout_user() -> bool:
     return True
 
 
+async def rotate_session() -> bool:
+    """Give this request's session a new secret and cookie: a copy of the old cookie opens nothing.
+
+    The session itself goes on (its id, age, freshness and live channels):
+    what to do after a password change, say, for the browser that made it.
+    False when there is no session (or it was revoked meanwhile).
+    """
+    login = app_login()
+    state = login_state()
+    if state.auth_session is None:
+        return False
+    token = await login.store.rotate(state.auth_session)
+    if token is None:
+        return False
+    action = Action.WRITE_PERMANENT if state.auth_session.remember else Action.WRITE
+    login.cookie.login_user(AuthUser(token, action))
+    state.token = token
+    return True
+
+
 async def confirm_login() -> None:
     """Mark this session fresh again (after the user re-entered a credential)."""
     state = login_state()

@@ -213,3 +213,36 @@ async def test_revoking_an_id_past_the_column_range_is_404_not_500(app, session_
     response = await client.post(f"/account/sessions/{session_id}/revoke", form={"csrf_token": token})
     assert response.status_code == 404
     assert (await client.get("/api/me")).status_code == 200
+
+
+# -- the session that changed the password goes on ------------------------------------
+
+
+async def test_the_changers_live_channel_stays_open_and_other_sessions_are_told(make_app, database):
+    """After a password change this browser's socket stays open (its session goes on); another session's is revoked."""
+    import asyncio
+
+    from test_live import Socket, next_event
+
+    app = make_app(WS_POLL_INTERVAL=0.05)
+    async with app.test_app():
+        changer = app.test_client()
+        await register_api(changer, "alice")
+        other = app.test_client()
+        await other.post("/api/login", json={"username": "alice", "password": PASSWORD})
+        async with Socket(app, auth_cookie(changer)) as mine, Socket(app, auth_cookie(other)) as theirs:
+            assert (await next_event(mine))["event"] == "hello"
+            assert (await next_event(theirs))["event"] == "hello"
+            old_cookie = auth_cookie(changer)
+            response = await changer.post(
+                "/api/password", json={"current_password": PASSWORD, "new_password": "another pass 1"}
+            )
+            assert response.status_code == 204
+            assert await next_event(theirs) == {"event": "revoked"}
+            with pytest.raises(asyncio.TimeoutError):  # ten polls and no word for this browser's socket
+                await asyncio.wait_for(mine.from_app.get(), 0.5)
+        assert auth_cookie(changer) != old_cookie
+        assert (await changer.get("/api/me")).status_code == 200
+        assert (await client_with_cookie(app, old_cookie).get("/api/me")).status_code == 401
+        # One session left: the same row as before the change, with a new secret.
+        assert db_rows(database, "SELECT count(*) FROM auth_sessions") == [(1,)]

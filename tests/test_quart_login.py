@@ -874,6 +874,18 @@ class MemoryStore:
     async def is_live(self, token):
         return await self.resolve(token, None) is not None
 
+    async def is_open(self, session_id):
+        return any(r.id == session_id and r.expires_at > utcnow() for r in self.sessions.values())
+
+    async def rotate(self, auth_session):
+        for digest, record in list(self.sessions.items()):
+            if record.id == auth_session.id:
+                del self.sessions[digest]
+                token = new_token()
+                self.sessions[token_digest(token)] = record
+                return token
+        return None
+
     async def confirm(self, auth_session):
         changed = auth_session.with_changes(auth_time=utcnow())
         for digest, record in self.sessions.items():

@@ -47,7 +47,9 @@ def make_app(request, database):
 
     def factory(**overrides):
         config = {"ENV": "testing", "DATABASE_URL": database.url, **FAST_HASHING, **extra, **overrides}
-        return create_app(config)
+        app = create_app(config)
+        app.extensions["test_database"] = database
+        return app
 
     return factory
 
@@ -341,3 +343,91 @@ async def test_unreachable_redis_answers_503_not_500(make_app, database):
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
         assert (await app.test_client().get("/")).status_code == 200
+
+
+# -- bursts: judged as the same attempts sent one after another ---------------
+
+
+async def test_a_parallel_burst_of_wrong_passwords_gets_exactly_the_limit_of_401s(make_app):
+    """12 wrong passwords sent at once: 5 are verified (401), the other 7 get 429, as if sent in a row."""
+    app = make_app()
+    async with app.test_app():
+        await register_api(app.test_client(), "alice")
+        hasher = app.extensions["quart_app.hasher"]
+        verified = []
+        original = hasher._verify_sync
+        hasher._verify_sync = lambda *a: verified.append(1) or original(*a)
+        statuses = await asyncio.gather(*(attempt(app, ip="10.7.7.7") for _ in range(12)))
+        assert sorted(r.status_code for r in statuses) == [401] * 5 + [429] * 7
+        assert len(verified) == 5
+        assert (await attempt(app, password=PASSWORD, ip="10.7.7.7")).status_code == 429
+
+
+async def test_a_parallel_burst_of_right_passwords_all_log_in(make_app):
+    """30 right passwords for one account from one address at once all succeed: only failures count."""
+    app = make_app(LOGIN_IP_RATE_LIMIT="5/minute")
+    async with app.test_app():
+        await register_api(app.test_client(), "alice")
+        statuses = await asyncio.gather(*(attempt(app, password=PASSWORD, ip="10.8.8.8") for _ in range(30)))
+        assert [r.status_code for r in statuses] == [200] * 30
+
+
+async def test_a_shared_address_is_locked_for_at_most_the_ip_backoff_cap(make_app):
+    """One attacker behind a shared address locks it for LOGIN_IP_BACKOFF_MAX at most, not the full back-off."""
+    app = make_app(LOGIN_IP_RATE_LIMIT="6/minute", LOGIN_IP_BACKOFF_MAX=20)
+    async with app.test_app():
+        for i in range(15):
+            await attempt(app, username=f"victim{i}", ip="192.0.2.99")
+        response = await attempt(app, username="a-colleague", ip="192.0.2.99")
+        assert response.status_code == 429
+        assert 1 <= int(response.headers["Retry-After"]) <= 20
+
+
+async def test_a_check_that_cannot_run_gives_its_reservation_back(make_app):
+    """A verification that fails to run (hash pool full, 503) does not count toward the limit."""
+    app = make_app(HASH_QUEUE_LIMIT=1, HASH_WORKERS=1)
+    async with app.test_app():
+        await register_api(app.test_client(), "alice")
+        hasher = app.extensions["quart_app.hasher"]
+        original = hasher._run
+
+        async def overloaded(func, *args):
+            from quart_app.exceptions import HashQueueFull
+
+            raise HashQueueFull()
+
+        hasher._run = overloaded
+        assert {(await attempt(app)).status_code for _ in range(8)} == {503}
+        hasher._run = original
+        assert (await attempt(app, password=PASSWORD)).status_code == 200
+
+
+# -- every password check is throttled -------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["api", "form"])
+async def test_guessing_the_current_password_is_throttled_and_ends_the_session(make_app, route):
+    """Wrong current passwords count like failed logins: at the limit the session ends; the right one then fails."""
+    app = make_app()
+    async with app.test_app():
+        client = app.test_client()
+        await register_api(client, "alice")
+
+        async def change(current: str):
+            if route == "api":
+                return await client.post(
+                    "/api/password", json={"current_password": current, "new_password": "n3w pass word"}
+                )
+            token = await csrf_from(client, "/account")
+            form = {"current_password": current, "new_password": "n3w pass word", "csrf_token": token}
+            return await client.post("/account/password", form=form)
+
+        statuses = [(await change(f"guess number {i}")).status_code for i in range(4)]
+        assert statuses == [400] * 4
+        fifth = await change("guess number 5")
+        assert fifth.status_code == (401 if route == "api" else 302)
+        assert (await client.get("/api/me")).status_code == 401  # this session is over
+        # The account is locked for this client: even the right password is refused now.
+        assert (await attempt(app, password=PASSWORD, ip=None)).status_code == 429
+        kinds = [k for (k,) in db_rows(app.extensions["test_database"], "SELECT detail FROM auth_events")]
+        assert sum("password change" in (k or "") for k in kinds) == 5

@@ -385,3 +385,37 @@ async def test_login_throttle_counts_failures_from_both_workers_and_both_enforce
             assert response.status_code == 429, f"worker {pid} let an attempt through: {response.text}"
             retry_after = int(response.headers["Retry-After"])
             assert 1 <= retry_after <= ACCOUNT_PERIOD
+
+
+async def test_a_burst_of_wrong_passwords_over_both_workers_gets_exactly_the_limit_of_401s(attack_server):
+    """12 wrong passwords for one account sent at the same instant: 5 answered 401, 7 answered 429."""
+    server = attack_server
+    username = "burst_target"
+    await register(server, username)
+    async with client_for(server, timeout=TIMEOUT, limits=BURST_LIMITS) as client:
+        # Every connection open first, so that the 12 requests leave together.
+        await asyncio.gather(*(client.get("/") for _ in range(12)))
+        responses = await asyncio.gather(
+            *(client.post("/api/login", json={"username": username, "password": WRONG_PASSWORD}) for _ in range(12))
+        )
+    assert sorted(r.status_code for r in responses) == [401] * ACCOUNT_LIMIT + [429] * (12 - ACCOUNT_LIMIT)
+    assert (await log_in(server, username)).status_code == 429
+
+
+async def test_guessing_the_current_password_over_both_workers_ends_the_session(attack_server):
+    """A stolen session sending wrong current passwords is logged out at the limit, on whichever worker."""
+    server = attack_server
+    token = await register(server, "stolen_session")
+    statuses = []
+    for i in range(ACCOUNT_LIMIT + 2):
+        response = await send_with(
+            server,
+            token,
+            "POST",
+            "/api/password",
+            json={"current_password": f"guess {i}", "new_password": NEW_PASSWORD},
+        )
+        statuses.append(response.status_code)
+    assert statuses == [400] * (ACCOUNT_LIMIT - 1) + [401] * 3
+    assert (await send_with(server, token, "GET", "/api/me")).status_code == 401
+    assert (await log_in(server, "stolen_session")).status_code == 429

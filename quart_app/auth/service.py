@@ -10,21 +10,22 @@ from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from quart_login import current_auth_session, login_user, logout_user, utcnow
+from quart_login import confirm_login, current_auth_session, login_user, logout_user, rotate_session, utcnow
 
-from ..core.security import get_hasher
+from ..core.security import Verdict, get_hasher
 from ..db import commit_pending, get_db, run_unit
 from ..exceptions import HTTPError
 from ..models import User
 from .events import audit
 from .sessions import describe, get_store
-from .throttle import get_throttle, keys_for
+from .throttle import Attempt, Throttled, get_throttle, keys_for
 from .validation import validate_credentials, validate_password_change, validate_registration
 
 LOGIN_FAILED = "Incorrect username or password."
 USERNAME_TAKEN = "Username already taken."
 EMAIL_TAKEN = "Email already registered."
 WRONG_CURRENT_PASSWORD = "Current password is incorrect."
+SESSION_ENDED = "Too many wrong passwords: this session has been logged out. Log in again."
 
 
 # Both sides lower()ed by the database, so the unique lower() indexes serve
@@ -103,45 +104,89 @@ async def register(data: Mapping[str, Any]) -> User:
     return user
 
 
+def _throttled(wait: int) -> HTTPError:
+    return HTTPError(
+        429,
+        f"Too many failed login attempts. Try again in {wait} seconds.",
+        headers={"Retry-After": str(wait)},
+    )
+
+
+async def _begin_attempt(account: str, user: User | None) -> Attempt | None:
+    """Reserve a password check on ``account`` from this client (None: throttling is off); 429 when refused."""
+    throttle = get_throttle()
+    if not throttle.enabled:
+        return None
+    try:
+        return await throttle.begin(keys_for(account, request.remote_addr))
+    except Throttled as refused:
+        audit("throttled", user, detail=f"retry after {refused.retry_after}s")
+        await get_db().commit()
+        raise _throttled(refused.retry_after) from None
+
+
+async def _verify(attempt: Attempt | None, stored_hash: str | None, password: str) -> Verdict:
+    """The hasher's verdict; a check that could not run gives its reservation back."""
+    try:
+        return await get_hasher().verify(stored_hash, password)
+    except BaseException:
+        if attempt is not None:
+            await get_throttle().cancelled(attempt)
+        raise
+
+
 async def authenticate(data: Mapping[str, Any]) -> User:
     """Check the credentials (username or email) and log in; the same 401 for every failure."""
     creds = validate_credentials(data)
     ident = creds.identifier
     user = await _find(ident)
-    throttle = get_throttle()
-    keys = None
-    if throttle.enabled:
-        # Keyed by the account when it exists (username and email count
-        # together), else by what was typed: both behave the same outside.
-        keys = keys_for(f"user:{user.id}" if user else f"name:{ident.lower()}", request.remote_addr)
-        if (wait := await throttle.retry_after(keys)) is not None:
-            audit("throttled", user, detail=f"retry after {wait}s")
-            await get_db().commit()
-            raise HTTPError(
-                429,
-                f"Too many failed login attempts. Try again in {wait} seconds.",
-                headers={"Retry-After": str(wait)},
-            )
+    # Keyed by the account when it exists (username and email count
+    # together), else by what was typed: both behave the same outside. The
+    # attempt is counted before the (slow) verification, so that parallel
+    # guesses cannot all pass a check made before any of them failed.
+    attempt = await _begin_attempt(f"user:{user.id}" if user else f"name:{ident.lower()}", user)
     # No transaction stays open while the (slow) hash runs.
     await commit_pending()
 
     # An unknown user is verified against a dummy hash: same status, same
     # message and about the same time as a wrong password.
-    verdict = await get_hasher().verify(user.password_hash if user is not None else None, creds.password)
+    verdict = await _verify(attempt, user.password_hash if user is not None else None, creds.password)
     if user is None or not verdict.ok or not user.is_active:
         reason = "unknown user" if user is None else "inactive" if verdict.ok else "wrong password"
+        if attempt is not None:
+            await get_throttle().failed(attempt)
         audit("login_failed", user, detail=reason)
-        if keys is not None:
-            await throttle.failed(keys)
         await get_db().commit()
         raise HTTPError(401, LOGIN_FAILED)
     if verdict.needs_rehash:
         await _upgrade_hash(user, creds.password)
-    if keys is not None:
-        await throttle.succeeded(keys)
+    if attempt is not None:
+        await get_throttle().succeeded(attempt)
     await commit_pending()
     await login_user(user, remember=creds.remember)
     return user
+
+
+async def check_password(user: User, password: str, *, field: str, purpose: str) -> None:
+    """Check the logged-in user's password before a sensitive change, throttled like a login.
+
+    A wrong one is a 400 on ``field``; 429 once this account or client is
+    over the limit; and the failure that reaches the limit also ends this
+    session (a stolen session cannot keep guessing the real password).
+    """
+    attempt = await _begin_attempt(f"user:{user.id}", user)
+    verdict = await _verify(attempt, user.password_hash, password)
+    if verdict.ok:
+        if attempt is not None:
+            await get_throttle().succeeded(attempt)
+        return
+    locked = attempt is not None and await get_throttle().failed(attempt)
+    audit("login_failed", user, detail=f"wrong current password on {purpose}")
+    await get_db().commit()
+    if locked:
+        await logout_user()
+        raise HTTPError(401, SESSION_ENDED)
+    raise HTTPError(400, WRONG_CURRENT_PASSWORD, fields={field: WRONG_CURRENT_PASSWORD})
 
 
 async def _upgrade_hash(user: User, password: str) -> None:
@@ -160,23 +205,22 @@ async def _upgrade_hash(user: User, password: str) -> None:
 async def change_password(user: User, data: Mapping[str, Any]) -> None:
     """Check the current password, store the new one, revoke every other session, re-issue this one."""
     change = validate_password_change(data)
+    await check_password(user, change.current_password, field="current_password", purpose="password change")
     hasher = get_hasher()
-    verdict = await hasher.verify(user.password_hash, change.current_password)
-    if not verdict.ok:
-        audit("login_failed", user, detail="wrong current password on password change")
-        await get_db().commit()
-        raise HTTPError(400, WRONG_CURRENT_PASSWORD, fields={"current_password": WRONG_CURRENT_PASSWORD})
     new_hash = await hasher.hash(change.new_password)
     current = current_auth_session()
     db = get_db()
     await db.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
     user.password_hash = new_hash
-    # Every session dies with the change, this one included; login_user then
-    # gives this browser a new secret, so a cookie captured before is dead.
-    revoked = await get_store().revoke_user(user.id, db=db)
-    audit("password_changed", user, detail=f"{max(revoked - 1, 0)} other session(s) revoked")
+    # Every other session dies with the change; this one goes on with a new
+    # secret, so a copy of its cookie taken before the change is dead too.
+    revoked = await get_store().revoke_user(user.id, keep=current.id if current else None, db=db)
+    audit("password_changed", user, detail=f"{revoked} other session(s) revoked")
     await db.commit()
-    await login_user(user, remember=current.remember if current else False)
+    if current is not None and await rotate_session():
+        await confirm_login()  # the current password was just given
+    else:
+        await login_user(user, remember=current.remember if current else False)
 
 
 async def list_sessions(user: User) -> list[dict[str, object]]:

@@ -72,6 +72,9 @@ class Settings:
     REDIS_URL: str = ""
     # The longest lock-out, and how long failures are remembered.
     LOGIN_BACKOFF_MAX: int = 15 * 60
+    # The longest lock of one client IP: an address many people share (an
+    # office, a NAT) is slowed by an attacker behind it, never shut for long.
+    LOGIN_IP_BACKOFF_MAX: int = 60
     # fresh_login_required: a session older than this must re-enter the password.
     FRESH_LOGIN_WINDOW: int = 15 * 60
     # /ws/session re-checks its session this often (seconds).

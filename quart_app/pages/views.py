@@ -149,6 +149,9 @@ async def change_password():
     try:
         await service.change_password(current_user._get_current_object(), form)
     except HTTPError as exc:
+        if not current_user.is_authenticated:  # too many wrong passwords ended this session
+            await flash(exc.message, "error")
+            return redirect(url_for("pages.login"))
         page = await render(
             "account.html",
             sessions=await service.list_sessions(current_user._get_current_object()),
