@@ -88,7 +88,7 @@ async def me():
 @needs_login
 @body(PasswordChangeRequest)
 @no_content
-@errors(400, 401, 403, 413, 415, 503)
+@errors(400, 401, 403, 413, 415, 429, 503)
 @login_required
 async def change_password():
     """Change the password: 204; every other session is revoked and this one re-issued."""
