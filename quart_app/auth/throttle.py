@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,11 +36,12 @@ from quart import Quart, current_app
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_login import utcnow
 
-from ..core.config import ConfigError, Settings
-from ..db import get_db
+from ..core.config import Settings, parse_limit
+from ..db import get_database
 from ..models import LoginThrottle
 
 # How long a reserved attempt may stay undecided before it is forgotten (a
@@ -50,26 +50,6 @@ from ..models import LoginThrottle
 PENDING_TTL = timedelta(seconds=30)
 PENDING_WAIT = 5.0
 PENDING_POLL = 0.02
-
-_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-_LIMIT_RE = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day)s?\s*", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Limit:
-    attempts: int
-    period: int  # seconds
-
-
-def parse_limit(text: str, name: str) -> Limit | None:
-    """``"5/minute"``, ``"10/5minutes"``, ``"30/hour"``; ``"off"`` or ``"0"`` disables (None)."""
-    if text.strip().lower() in {"off", "0", "false", "no", "none"}:
-        return None
-    match = _LIMIT_RE.fullmatch(text)
-    if not match or int(match.group(1)) == 0:
-        raise ConfigError(f"QUART_APP_{name} must look like 5/minute, 20/hour or off (got {text!r})")
-    count = int(match.group(2) or 1)
-    return Limit(int(match.group(1)), count * _PERIODS[match.group(3).lower()])
 
 
 def _digest(text: str) -> str:
@@ -133,8 +113,12 @@ class DatabaseStore:
         in key order; SQLite: the insert takes the file's write lock), so no
         other attempt on these keys is decided in between.
         """
-        db = get_db()
-        await db.commit()  # nothing of the request's own rides along
+        # A transaction of its own, never the request's.
+        async with get_database().get_sessionmaker()() as db:
+            return await self._transact(db, keys, now, forget, decide)
+
+    @staticmethod
+    async def _transact(db: AsyncSession, keys: list[str], now: datetime, forget: timedelta, decide: Decide[T]) -> T:
         insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
         table = LoginThrottle
         try:
