@@ -123,3 +123,181 @@ async def test_engine_lives_between_before_and_after_serving(make_app):
     async with app.test_app():
         assert database.engine is not None
     assert database.engine is None
+
+
+# -- settings that contradict each other ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "names"),
+    [
+        (
+            {"SESSION_IDLE_TIMEOUT": "1800", "SESSION_TOUCH_INTERVAL": "3600"},
+            ("SESSION_TOUCH_INTERVAL", "SESSION_IDLE_TIMEOUT"),
+        ),
+        (
+            {"SESSION_IDLE_TIMEOUT": "600", "SESSION_TOUCH_INTERVAL": "600"},
+            ("SESSION_TOUCH_INTERVAL", "SESSION_IDLE_TIMEOUT"),
+        ),
+        (
+            {"SESSION_IDLE_TIMEOUT": "600", "SESSION_TOUCH_INTERVAL": "301"},
+            ("SESSION_TOUCH_INTERVAL", "SESSION_IDLE_TIMEOUT"),
+        ),
+        (
+            {"SESSION_IDLE_TIMEOUT": "7200", "SESSION_ABSOLUTE_TIMEOUT": "3600"},
+            ("SESSION_IDLE_TIMEOUT", "SESSION_ABSOLUTE_TIMEOUT"),
+        ),
+        ({"LOGIN_RATE_LIMIT": "5/hour", "LOGIN_BACKOFF_MAX": "900"}, ("LOGIN_BACKOFF_MAX", "LOGIN_RATE_LIMIT")),
+        ({"LOGIN_RATE_LIMIT": "10/5minutes", "LOGIN_BACKOFF_MAX": "299"}, ("LOGIN_BACKOFF_MAX", "LOGIN_RATE_LIMIT")),
+        ({"LOGIN_IP_RATE_LIMIT": "100/day", "LOGIN_BACKOFF_MAX": "900"}, ("LOGIN_BACKOFF_MAX", "LOGIN_IP_RATE_LIMIT")),
+        ({"HASH_WORKERS": "8", "HASH_QUEUE_LIMIT": "4"}, ("HASH_QUEUE_LIMIT", "HASH_WORKERS")),
+        ({"WS_POLL_INTERVAL": "7200"}, ("WS_POLL_INTERVAL", "SESSION_IDLE_TIMEOUT")),
+        ({"WS_POLL_INTERVAL": "900", "SESSION_IDLE_TIMEOUT": "600"}, ("WS_POLL_INTERVAL", "SESSION_IDLE_TIMEOUT")),
+    ],
+    ids=[
+        "touch-longer-than-idle",
+        "touch-equal-to-idle",
+        "touch-over-half-of-idle",
+        "idle-longer-than-absolute",
+        "account-window-longer-than-memory",
+        "account-window-of-minutes",
+        "ip-window-longer-than-memory",
+        "queue-smaller-than-workers",
+        "poll-as-long-as-idle",
+        "poll-longer-than-idle",
+    ],
+)
+def test_contradicting_settings_stop_the_start_naming_both(settings, names):
+    """Two settings that cannot both hold: a ConfigError at start that names both variables."""
+    environ = {"QUART_APP_ENV": "testing", **{f"QUART_APP_{k}": v for k, v in settings.items()}}
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ=environ)
+    for name in names:
+        assert f"QUART_APP_{name}" in str(raised.value), str(raised.value)
+
+
+def test_contradicting_overrides_stop_create_app(tmp_path):
+    """The same checks hold for create_app's own config."""
+    with pytest.raises(ConfigError, match="QUART_APP_SESSION_TOUCH_INTERVAL.*QUART_APP_SESSION_IDLE_TIMEOUT"):
+        create_app(
+            {
+                "ENV": "testing",
+                "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db",
+                "SESSION_IDLE_TIMEOUT": 60,
+                "SESSION_TOUCH_INTERVAL": 60,
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # the defaults
+        {"SESSION_IDLE_TIMEOUT": "120", "SESSION_TOUCH_INTERVAL": "60"},  # a touch at exactly half
+        {"SESSION_IDLE_TIMEOUT": "3600", "SESSION_ABSOLUTE_TIMEOUT": "3600"},
+        {"LOGIN_RATE_LIMIT": "5/15minutes", "LOGIN_BACKOFF_MAX": "900"},  # window and memory equal
+        {"LOGIN_RATE_LIMIT": "off", "LOGIN_BACKOFF_MAX": "1"},  # nothing throttled: nothing to remember
+        {"LOGIN_RATE_LIMIT": "0", "LOGIN_IP_RATE_LIMIT": "5/day"},  # the IP limit only counts with the account's
+        {"HASH_WORKERS": "4", "HASH_QUEUE_LIMIT": "4"},
+        {"HASH_QUEUE_LIMIT": "1"},  # the default number of hash threads follows the queue down
+        {"FRESH_LOGIN_WINDOW": "172800"},  # longer than any session: every session stays fresh, not a contradiction
+        {"DB_POOL_TIMEOUT": "60", "DB_COMMAND_TIMEOUT": "1"},
+        {"DB_POOL_TIMEOUT": "1", "DB_COMMAND_TIMEOUT": "60"},
+        {"WS_POLL_INTERVAL": "0.05"},
+    ],
+    ids=lambda settings: ",".join(f"{k}={v}" for k, v in settings.items()) or "defaults",
+)
+def test_settings_that_agree_are_accepted(settings):
+    """The defaults, and combinations at the edge of each rule, start."""
+    load_settings(environ={"QUART_APP_ENV": "testing", **{f"QUART_APP_{k}": v for k, v in settings.items()}})
+
+
+def test_default_hash_workers_never_exceed_the_queue(monkeypatch):
+    """On a machine with many cores the default number of hash threads stays within HASH_QUEUE_LIMIT."""
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 512)
+    settings = load_settings(environ={"QUART_APP_ENV": "testing"})
+    assert settings.HASH_WORKERS == settings.HASH_QUEUE_LIMIT == 64
+    assert load_settings(environ={"QUART_APP_ENV": "testing", "QUART_APP_HASH_QUEUE_LIMIT": "8"}).HASH_WORKERS == 8
+    assert load_settings(environ={"QUART_APP_ENV": "testing", "QUART_APP_HASH_QUEUE_LIMIT": "300"}).HASH_WORKERS == 256
+
+
+def test_production_defaults_pass():
+    """Production with only a secret key: no contradiction among the defaults."""
+    settings = load_settings(environ={"QUART_APP_SECRET_KEY": "k" * 40})
+    assert settings.is_production and settings.trusted_origins == frozenset()
+
+
+# -- QUART_APP_TRUSTED_ORIGINS -------------------------------------------------------------------
+
+
+def test_trusted_origins_are_parsed_and_normalised():
+    """Comma-separated origins, compared as browsers send them: lower case, no default port."""
+    settings = load_settings(
+        environ={
+            "QUART_APP_ENV": "testing",
+            "QUART_APP_TRUSTED_ORIGINS": " https://App.Example.com , HTTP://localhost:5173,https://x.example:443,"
+            "http://[::1]:8000, http://127.0.0.1:80",
+        }
+    )
+    assert settings.trusted_origins == frozenset(
+        {
+            "https://app.example.com",
+            "http://localhost:5173",
+            "https://x.example",
+            "http://[::1]:8000",
+            "http://127.0.0.1",
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "app.example.com",
+        "//app.example.com",
+        "https://app.example.com/",
+        "https://app.example.com/login",
+        "https://app.example.com?next=/",
+        "https://app.example.com#top",
+        "https://user:pw@app.example.com",
+        "ftp://app.example.com",
+        "ws://app.example.com",
+        "null",
+        "https://",
+        "https://app.example.com:99999",
+        "https://app.example.com:port",
+        "https://*.example.com",
+        "*",
+        "https://app.example.com https://b.example.com",
+    ],
+)
+def test_malformed_trusted_origins_stop_the_start(value):
+    """Each entry must be scheme://host[:port] (http or https), nothing more: else a ConfigError naming the variable."""
+    with pytest.raises(ConfigError, match="QUART_APP_TRUSTED_ORIGINS"):
+        load_settings(environ={"QUART_APP_ENV": "testing", "QUART_APP_TRUSTED_ORIGINS": value})
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        ({"Origin": "https://app.example.com"}, True),
+        ({"Origin": "https://app.example.com", "Sec-Fetch-Site": "cross-site"}, True),
+        ({"Origin": "https://evil.example.com"}, False),
+        ({"Origin": "http://app.example.com"}, False),
+        ({"Origin": "null"}, False),
+        ({"Origin": "http://["}, False),  # not even a URL: 403, not a 500
+        ({"Origin": "http://localhost"}, True),  # the app's own origin stays allowed
+    ],
+)
+async def test_trusted_origins_are_honoured_by_the_post_check(make_app, headers, allowed):
+    """A POST from a trusted origin passes the foreign-Origin check; any other foreign origin is still 403."""
+    app = make_app(TRUSTED_ORIGINS="https://app.example.com")
+    async with app.test_app():
+        response = await app.test_client().post(
+            "/api/login", json={"username": "alice", "password": "correct horse battery"}, headers=headers
+        )
+        if allowed:
+            assert response.status_code == 401  # judged on its merits
+        else:
+            assert response.status_code == 403
+            assert await response.get_json() == {"error": "Cross-site requests are not allowed."}

@@ -160,3 +160,97 @@ async def test_logged_in_pages_load_the_live_session_script(app):
     assert 'id="session-ended"' in body and "hidden" in body
     script = await client.get("/static/session.js")
     assert script.status_code == 200 and "/ws/session" in await script.get_data(as_text=True)
+
+
+# -- the Origin of the handshake (quart_app/core/csrf.py) ---------------------------------------------
+
+TRUSTED = "https://app.example.com"
+
+
+async def handshake(app, headers: dict[str, str]):
+    """Open /ws/session as alice (logged in) with ``headers``: the first event, or the HTTP response that refused it."""
+    from quart.testing.connections import WebsocketResponseError
+
+    client = app.test_client()
+    if (await register_api(client, "alice")).status_code != 201:
+        await client.post("/api/login", json={"username": "alice", "password": PASSWORD})
+    try:
+        async with client.websocket("/ws/session", headers=headers) as ws:
+            return json.loads(await asyncio.wait_for(ws.receive(), WAIT))
+    except WebsocketResponseError as refused:
+        return refused.response
+
+
+@pytest.fixture
+async def trusting_app(make_app):
+    app = make_app(WS_POLL_INTERVAL=0.05, TRUSTED_ORIGINS=f"{TRUSTED}, https://other.example.org:8443")
+    async with app.test_app():
+        yield app
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://localhost.evil.example"},
+        {"Origin": "http://localhost:8080"},  # another port is another origin
+        {"Host": "app.example.com", "Origin": "https://evil.example.com"},  # a sibling subdomain
+        {"Host": "app.example.com", "Origin": "https://example.com"},  # the parent domain
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "http://["},  # not even a URL
+    ],
+    ids=[
+        "foreign",
+        "null",
+        "suffix",
+        "other-port",
+        "sibling-subdomain",
+        "parent-domain",
+        "sec-fetch-cross-site",
+        "not-a-url",
+    ],
+)
+async def test_foreign_origin_is_refused_with_403_before_the_handshake(app, headers):
+    """A foreign, null or sibling Origin: HTTP 403 {"error": ...} instead of the WebSocket, even with a live cookie."""
+    response = await handshake(app, headers)
+    assert not isinstance(response, dict), f"the socket was opened: {response}"
+    assert response.status_code == 403
+    assert json.loads(await response.get_data(as_text=True)) == {"error": "Cross-site requests are not allowed."}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # no Origin: a non-browser client
+        {"Origin": "http://localhost"},
+        {"Origin": "https://localhost"},  # behind a TLS-terminating proxy the app sees http
+        {"Host": "app.example.com", "Origin": "https://APP.example.com"},
+        {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"},
+    ],
+    ids=["no-origin", "same-origin", "same-host-https", "same-host-case", "sec-fetch-same-origin"],
+)
+async def test_same_origin_or_no_origin_gets_hello(app, headers):
+    """The site's own pages, and clients that send no Origin, are greeted as before."""
+    assert await handshake(app, headers) == {"event": "hello", "username": "alice"}
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [TRUSTED, "https://APP.example.com:443", "https://other.example.org:8443"],
+    ids=["exact", "default-port", "port"],
+)
+async def test_a_trusted_origin_gets_hello(trusting_app, origin):
+    """QUART_APP_TRUSTED_ORIGINS lets the origins it names open the socket (even marked cross-site)."""
+    headers = {"Origin": origin, "Sec-Fetch-Site": "cross-site"}
+    assert await handshake(trusting_app, headers) == {"event": "hello", "username": "alice"}
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://app.example.com", "https://app.example.com:8443", "https://evil.app.example.com", "null"]
+)
+async def test_trusting_one_origin_trusts_no_other(trusting_app, origin):
+    """Another scheme, port or subdomain than a trusted origin's is still foreign."""
+    response = await handshake(trusting_app, {"Origin": origin})
+    assert not isinstance(response, dict), f"the socket was opened: {response}"
+    assert response.status_code == 403

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ from wsproto.events import (
     Event,
     Ping,
     RejectConnection,
+    RejectData,
     Request,
     TextMessage,
 )
@@ -52,6 +54,8 @@ REVOKED_WITHIN = 5.0
 READ_SECONDS = 5.0
 # A live session is left alone: nothing arrives for this long after the hello.
 QUIET_SECONDS = 3 * POLL_INTERVAL
+# An origin other than the server's own that QUART_APP_TRUSTED_ORIGINS lets in.
+TRUSTED_ORIGIN = "https://trusted.example.com"
 # Plain tries at landing a WebSocket on a chosen worker before pausing the others.
 TRIES = 4
 
@@ -62,9 +66,11 @@ needs_proc = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, migrated_template):
-    """Two hypercorn workers, cheap hashing, and sockets that poll their session every 0.2 s."""
+    """Two hypercorn workers, cheap hashing, sockets that poll their session every 0.2 s, one trusted origin."""
     yield from start_server(
-        tmp_path_factory.mktemp("live"), migrated_template, {**FAST_HASHING, "WS_POLL_INTERVAL": POLL_INTERVAL}
+        tmp_path_factory.mktemp("live"),
+        migrated_template,
+        {**FAST_HASHING, "WS_POLL_INTERVAL": POLL_INTERVAL, "TRUSTED_ORIGINS": TRUSTED_ORIGIN},
     )
 
 
@@ -264,3 +270,58 @@ async def test_anonymous_socket_is_closed_with_1008(live_server, socket_worker):
         finally:
             await ws.aclose()
     assert closed.code == POLICY_VIOLATION, closed
+
+
+# -- the handshake's Origin ------------------------------------------------------
+
+
+async def handshake(server: Server, token: str, headers: dict[str, str], host: str | None = None) -> tuple[int, str]:
+    """Open /ws/session with the cookie and ``headers``: (101, the first message) or (status, the refusal's body)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), READ_SECONDS)
+    ws = WebSocket(reader, writer)
+    try:
+        extra = [(b"cookie", f"{AUTH_COOKIE}={token}".encode())]
+        extra += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+        await ws.send(Request(host=host or f"127.0.0.1:{server.port}", target="/ws/session", extra_headers=extra))
+        event = await ws.next_event()
+        if isinstance(event, AcceptConnection):
+            return 101, await ws.receive()
+        assert isinstance(event, RejectConnection), f"handshake answered with {event!r}"
+        status, body, more = event.status_code, b"", event.has_body
+        while more:
+            data = await ws.next_event()
+            assert isinstance(data, RejectData), data
+            body += data.data
+            more = not data.body_finished
+        return status, body.decode()
+    finally:
+        await ws.aclose()
+
+
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        (None, "https://evil.example"),
+        (None, "null"),
+        ("app.example.com", "https://evil.example.com"),  # a sibling subdomain
+    ],
+    ids=["foreign", "null", "sibling-subdomain"],
+)
+async def test_foreign_origin_is_refused_with_403_at_the_handshake(live_server, host, origin):
+    """Over hypercorn: a foreign, null or sibling-subdomain Origin gets HTTP 403, never the WebSocket."""
+    token = await register(live_server, f"origin_{secrets.token_hex(4)}")
+    status, body = await handshake(live_server, token, {"Origin": origin}, host=host)
+    assert status == 403, (status, body)
+    assert json.loads(body) == {"error": "Cross-site requests are not allowed."}
+
+
+@pytest.mark.parametrize("origin", ["same", TRUSTED_ORIGIN, None], ids=["same-origin", "trusted", "no-origin"])
+async def test_same_or_trusted_origin_gets_hello(live_server, origin):
+    """Over hypercorn: the server's own origin, a trusted one, or none at all opens the socket and gets hello."""
+    username = f"welcome_{secrets.token_hex(4)}"
+    token = await register(live_server, username)
+    if origin == "same":
+        origin = f"http://127.0.0.1:{live_server.port}"
+    status, message = await handshake(live_server, token, {"Origin": origin} if origin else {})
+    assert status == 101, (status, message)
+    assert json.loads(message) == {"event": "hello", "username": username}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+from itertools import accumulate
 from typing import Any
 
 from quart import Blueprint, Response, request
@@ -26,17 +29,142 @@ from .schemas import (
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
+# The deepest nesting of arrays and objects a body may have (its own object
+# counts as one). The API's bodies are flat; the bound keeps json's recursive
+# parser, and whatever walks its result, far from Python's recursion limit
+# (about 1,000 levels, a 500 with a traceback), whatever MAX_CONTENT_LENGTH is.
+MAX_JSON_DEPTH = 32
+# The longest integer taken: Python's own bound (4,300 digits) is a process
+# setting anything may lift, and int() is quadratic in the digits beyond it.
+MAX_JSON_INT_DIGITS = 100
+TOO_DEEP = "The JSON body is nested too deeply."
+NOT_JSON = "The body is not valid JSON."
+
+# Everything but the brackets outside strings: whole JSON strings (escapes
+# included, brackets in them do not count), other text, a quote left open.
+_NOT_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[^\[\]{}"]+|"', re.DOTALL)
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+# Where a \uD800-\uDFFF escape may be (a surrogate that no valid pair completed).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Malformed(ValueError):
+    """The body is refused (400) for this reason, worded for the client (and, if known, per field)."""
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+def _too_deep(text: str) -> bool:
+    """Whether ``text`` nests arrays and objects deeper than MAX_JSON_DEPTH (brackets in strings do not count)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:  # most bodies: too few brackets to be too deep
+        return False
+    brackets = _NOT_BRACKETS.sub("", text)
+    # The running depth after each bracket, all in C (no Python loop per
+    # character: about as long as json.loads takes over the same body).
+    # Past a closer with nothing open the count is off, but the parser stops
+    # there anyway.
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > MAX_JSON_DEPTH
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which of two equal keys wins (first, last, error):
+    # a body that means different things to different readers is refused.
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        raise _Malformed("The JSON body has a duplicate key.")
+    return body
+
+
+def _constant(name: str) -> Any:
+    raise _Malformed(f"The JSON body holds {name}, which is not JSON.")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 would be read as infinity
+        raise _Malformed("A number in the JSON body is too large.")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text) - text.startswith("-") > MAX_JSON_INT_DIGITS:
+        raise _Malformed("A number in the JSON body is too long.")
+    return int(text)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    # The text was strict UTF-8, so a surrogate in a parsed string came from
+    # a \uD8xx escape that no valid pair completed: it is no character, and
+    # cannot be stored, hashed or echoed as UTF-8. (Depth is bounded: no recursion.)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _parse(data: bytes) -> Any:
+    """The JSON value of ``data``, or ``_Malformed`` for anything RFC 8259 or the bounds above do not allow."""
+    try:
+        text = data.decode("utf-8")  # strict: JSON between systems is UTF-8 (RFC 8259, 8.1)
+    except UnicodeDecodeError:
+        raise _Malformed("The JSON body must be UTF-8 text.") from None
+    if text.startswith("\ufeff"):
+        raise _Malformed("The JSON body must be UTF-8 text without a byte order mark.")
+    if _too_deep(text):
+        raise _Malformed(TOO_DEEP)
+    try:
+        value = json.loads(
+            text, object_pairs_hook=_object, parse_constant=_constant, parse_float=_float, parse_int=_int
+        )
+    except _Malformed:
+        raise
+    except RecursionError:  # (cannot happen below MAX_JSON_DEPTH; kept as the last line of defence)
+        raise _Malformed(TOO_DEEP) from None
+    except ValueError:
+        raise _Malformed(NOT_JSON) from None
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        # Named per field where the field's name is itself plain text, like validation's own message.
+        fields = {
+            key: "Contains characters that are not valid text."
+            for key, item in (value.items() if isinstance(value, dict) else ())
+            if _has_lone_surrogate(item) and not _has_lone_surrogate(key)
+        }
+        raise _Malformed(
+            "The JSON body holds a \\u escape of a lone surrogate, which is not a character.", fields or None
+        )
+    return value
+
+
 async def json_body(*, optional: bool = False) -> dict[str, Any]:
-    """The request's JSON object; 415 for another content type, 400 for anything but an object."""
+    """The request's JSON object; 415 for another content type, 400 for malformed JSON or anything but an object.
+
+    Malformed covers every way a body can fail to be one plain JSON object:
+    not UTF-8 (or with a BOM), nested deeper than MAX_JSON_DEPTH, NaN or
+    Infinity, a number too large for a double or longer than
+    MAX_JSON_INT_DIGITS, a lone surrogate escape, a duplicate key. Each is a
+    400 ``{"error": ...}`` before anything is done. (Over MAX_CONTENT_LENGTH,
+    reading the body is a 413.)
+    """
     data = await request.get_data()
     if optional and not data:
         return {}
     if request.mimetype != "application/json":
         raise HTTPError(415, "Content-Type must be application/json.")
     try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        raise HTTPError(400, "The body is not valid JSON.") from None
+        body = _parse(data)
+    except _Malformed as error:
+        raise HTTPError(400, str(error), fields=error.fields) from None
     if not isinstance(body, dict):
         raise HTTPError(400, "The JSON body must be an object.")
     return body

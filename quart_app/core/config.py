@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PREFIX = "QUART_APP_"
 ENVIRONMENTS = ("production", "development", "testing")
@@ -27,6 +30,60 @@ def default_database_url() -> str:
     return f"sqlite+aiosqlite:///{INSTANCE_PATH / 'quart_app.sqlite3'}"
 
 
+def _default_hash_workers() -> int:
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# A DNS name or IPv4 address, or an IPv6 address in brackets (what an Origin header holds).
+_HOST_RE = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
+
+
+def origin_of(text: str) -> str | None:
+    """``text`` as browsers serialise an Origin (lower case, no default port), or None if it is no http(s) origin.
+
+    An origin is ``scheme://host[:port]`` and nothing else: no path (not even
+    "/"), query, fragment or user name.
+    """
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:  # a port that is not a number, or out of range
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or parts.path or "?" in text or "#" in text or "@" in parts.netloc:
+        return None
+    host = parts.netloc.lower()
+    if port is not None:
+        host = host.rsplit(":", 1)[0]
+    if not _HOST_RE.fullmatch(host) or port == 0:
+        return None
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != _DEFAULT_PORTS[scheme] else "")
+
+
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_LIMIT_RE = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day)s?\s*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A login rate limit (auth/throttle.py): ``attempts`` failures per ``period``."""
+
+    attempts: int
+    period: int  # seconds
+
+
+def parse_limit(text: str, name: str) -> Limit | None:
+    """``"5/minute"``, ``"10/5minutes"``, ``"30/hour"``; ``"off"`` or ``"0"`` disables (None)."""
+    if text.strip().lower() in {"off", "0", "false", "no", "none"}:
+        return None
+    match = _LIMIT_RE.fullmatch(text)
+    if not match or int(match.group(1)) == 0:
+        raise ConfigError(f"{PREFIX}{name} must look like 5/minute, 20/hour or off (got {text!r})")
+    count = int(match.group(2) or 1)
+    return Limit(int(match.group(1)), count * _PERIODS[match.group(3).lower()])
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting with its default; the environment name is ``QUART_APP_`` + field name."""
@@ -38,6 +95,9 @@ class Settings:
     SECRET_KEY_FALLBACKS: str = ""
     DATABASE_URL: str = ""
     COOKIE_SECURE: bool = False
+    # Origins besides the app's own (comma-separated https://app.example.com,
+    # scheme://host[:port] each) whose pages may POST to it and open /ws/session.
+    TRUSTED_ORIGINS: str = ""
     # Reverse proxies in front of the app whose X-Forwarded-For/-Proto/-Host
     # are trusted (0: none, the peer address is the client). The throttle and
     # the audit trail need the real client IP.
@@ -60,7 +120,8 @@ class Settings:
     # event loop. In all (workers x this) they should match the cores: more
     # only take CPU from the event loops while logins pour in. The default
     # fits hypercorn.toml's 2 workers; set it when running another number.
-    HASH_WORKERS: int = max(1, (os.cpu_count() or 1) // 2)
+    # (Never more than HASH_QUEUE_LIMIT unless set: see load_settings.)
+    HASH_WORKERS: int = field(default_factory=_default_hash_workers)
     # At most this many hashes running or waiting per worker; more get 503.
     HASH_QUEUE_LIMIT: int = 64
     # Failed logins allowed per account (and per account from one client)
@@ -106,6 +167,22 @@ class Settings:
     @property
     def secret_key_fallbacks(self) -> list[str]:
         return [key.strip() for key in self.SECRET_KEY_FALLBACKS.split(",") if key.strip()]
+
+    @cached_property
+    def trusted_origins(self) -> frozenset[str]:
+        """TRUSTED_ORIGINS, each as ``origin_of`` gives it; a ConfigError for an entry that is not an origin."""
+        origins = set()
+        for entry in (entry.strip() for entry in self.TRUSTED_ORIGINS.split(",")):
+            if not entry:
+                continue
+            origin = origin_of(entry)
+            if origin is None:
+                raise ConfigError(
+                    f"{PREFIX}TRUSTED_ORIGINS: {entry!r} is not an origin; each must be scheme://host[:port] "
+                    "(http or https, no path), e.g. https://app.example.com"
+                )
+            origins.add(origin)
+        return frozenset(origins)
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:
@@ -167,11 +244,78 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         raise ConfigError(f"{PREFIX}SECRET_KEY is too short for production (need 32+ characters)")
     if settings.is_production and any(len(key) < 32 for key in settings.secret_key_fallbacks):
         raise ConfigError(f"{PREFIX}SECRET_KEY_FALLBACKS holds a key too short for production")
-    if settings.SESSION_IDLE_TIMEOUT > settings.SESSION_ABSOLUTE_TIMEOUT:
-        raise ConfigError(f"{PREFIX}SESSION_IDLE_TIMEOUT must not exceed {PREFIX}SESSION_ABSOLUTE_TIMEOUT")
     if settings.ARGON2_MEMORY_COST < 8 * settings.ARGON2_PARALLELISM:
         raise ConfigError(f"{PREFIX}ARGON2_MEMORY_COST must be at least 8 KiB per lane")
+    _ = settings.trusted_origins  # parsed now: a malformed entry stops the start
+    if "HASH_WORKERS" not in values and settings.HASH_WORKERS > settings.HASH_QUEUE_LIMIT:
+        # The default follows the cores; on a big machine it must not contradict the queue (below).
+        settings = replace(settings, HASH_WORKERS=settings.HASH_QUEUE_LIMIT)
+    _check_relations(settings)
     return settings
+
+
+def _check_relations(settings: Settings) -> None:
+    """Refuse settings that are each fine but cannot hold together (a ConfigError naming both).
+
+    Combinations looked at and left alone, because they are not broken:
+    FRESH_LOGIN_WINDOW longer than SESSION_ABSOLUTE_TIMEOUT (every session
+    is simply fresh for its whole life); REMEMBER_COOKIE_DURATION shorter than
+    the plain timeouts (a shorter remembered session that still survives a
+    browser restart); DB_POOL_TIMEOUT against DB_COMMAND_TIMEOUT (one bounds
+    the wait for a free pooled connection, the other one statement on a
+    connection already held: either may be the longer, e.g. shedding load
+    quickly while allowing slow statements); DB_CONNECT_TIMEOUT against
+    DB_POOL_TIMEOUT (the pool's wait does not include opening a connection).
+    """
+    idle, touch = settings.SESSION_IDLE_TIMEOUT, settings.SESSION_TOUCH_INTERVAL
+    # The idle expiry moves only when a touch is written: it is the last
+    # touch + IDLE_TIMEOUT, and requests in between (at most TOUCH_INTERVAL of
+    # them) leave it where it is. With TOUCH_INTERVAL >= IDLE_TIMEOUT a user
+    # who keeps clicking is logged out IDLE_TIMEOUT after a touch, before the
+    # next touch is due; just under it, a pause of a few seconds does the same.
+    # The inactivity really tolerated lies between IDLE_TIMEOUT - TOUCH_INTERVAL
+    # and IDLE_TIMEOUT, so at most half keeps it at least half the one set.
+    if 2 * touch > idle:
+        raise ConfigError(
+            f"{PREFIX}SESSION_TOUCH_INTERVAL ({touch} s) must be at most half of {PREFIX}SESSION_IDLE_TIMEOUT "
+            f"({idle} s): the idle expiry moves only when a touch is written, so users still active would be "
+            "logged out"
+        )
+    if idle > settings.SESSION_ABSOLUTE_TIMEOUT:
+        raise ConfigError(f"{PREFIX}SESSION_IDLE_TIMEOUT must not exceed {PREFIX}SESSION_ABSOLUTE_TIMEOUT")
+    # /ws/session learns that its session ended only when it polls, and the
+    # socket does not touch the session (quart_login's is_live): a poll
+    # interval as long as the idle timeout reports an idled-out or revoked
+    # session a whole session lifetime late, never "within a few seconds".
+    if settings.WS_POLL_INTERVAL >= idle:
+        raise ConfigError(
+            f"{PREFIX}WS_POLL_INTERVAL ({settings.WS_POLL_INTERVAL} s) must be shorter than "
+            f"{PREFIX}SESSION_IDLE_TIMEOUT ({idle} s): the socket would notice a session's end too late"
+        )
+    # Fewer hashes admitted than threads to run them: the threads past the
+    # queue limit never run, and logins get 503 while cores sit idle.
+    if settings.HASH_QUEUE_LIMIT < settings.HASH_WORKERS:
+        raise ConfigError(
+            f"{PREFIX}HASH_QUEUE_LIMIT ({settings.HASH_QUEUE_LIMIT}) must be at least {PREFIX}HASH_WORKERS "
+            f"({settings.HASH_WORKERS}): hash threads beyond the queue limit could never run"
+        )
+    # Failures are forgotten LOGIN_BACKOFF_MAX after the last one, and no lock
+    # lasts longer: a limit counted over a longer window never fills for a
+    # client that paces itself just over LOGIN_BACKOFF_MAX apart ("5/day"
+    # with 900 s would allow 96 a day). The IP limit counts only while the
+    # account limit is on (the throttle is off otherwise).
+    account = parse_limit(settings.LOGIN_RATE_LIMIT, "LOGIN_RATE_LIMIT")
+    client = parse_limit(settings.LOGIN_IP_RATE_LIMIT, "LOGIN_IP_RATE_LIMIT") if account is not None else None
+    for name, text, limit in (
+        ("LOGIN_RATE_LIMIT", settings.LOGIN_RATE_LIMIT, account),
+        ("LOGIN_IP_RATE_LIMIT", settings.LOGIN_IP_RATE_LIMIT, client),
+    ):
+        if limit is not None and settings.LOGIN_BACKOFF_MAX < limit.period:
+            raise ConfigError(
+                f"{PREFIX}LOGIN_BACKOFF_MAX ({settings.LOGIN_BACKOFF_MAX} s) must be at least the period of "
+                f"{PREFIX}{name} ({text!r}: {limit.period} s): failures are forgotten after LOGIN_BACKOFF_MAX, "
+                "so a longer window could never fill"
+            )
 
 
 def get_settings() -> Settings:
