@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 from quart import Quart, request
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 import quart_login
 
-from .db import raised_by_database
+from .db import is_outage, raised_by_database
 from .exceptions import MESSAGES, DatabaseUnavailable, HashQueueFull, HTTPError
 from .rendering import render
 
@@ -74,16 +74,15 @@ def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(PoolTimeout)
     @app.errorhandler(DatabaseUnavailable)
     async def _database_unavailable(error: Exception):
-        # A lost or unusable connection, a database the raw lookup paths
-        # could not reach or a SQLite file locked past its busy timeout
-        # (DatabaseUnavailable, from quart_app/db.py), or no free pooled
-        # connection in time: the client may retry; nothing was
-        # acknowledged. Any other database error is a bug: a 500.
-        if isinstance(error, DBAPIError) and not (
-            error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
-        ):
+        # A lost or unusable connection or storage, a database the raw lookup
+        # paths could not reach or a SQLite file locked past its busy timeout
+        # or out of service (DatabaseUnavailable, from quart_app/db.py), or no
+        # free pooled connection in time: the client may retry; nothing was
+        # acknowledged. Any other database error ("no such table") is a bug: a 500.
+        if isinstance(error, DBAPIError) and not is_outage(error):
             raise error
-        log.warning("database unavailable: %s", type(getattr(error, "orig", None) or error).__name__)
+        orig = getattr(error, "orig", None)
+        log.warning("database unavailable: %s", getattr(orig, "sqlite_errorname", None) or type(orig or error).__name__)
         return await error_response(HTTPError(503, MESSAGES[503], headers={"Retry-After": "1"}))
 
     @app.errorhandler(OSError)
