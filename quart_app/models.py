@@ -38,12 +38,19 @@ class User(UserMixin, Base):
     # Added by the port (revision "port_sessions").
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True, server_default=true())
     created_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Added by revision "email_key": the email as uniqueness and login compare
+    # it (quart_app.auth.validation.email_key: Unicode forms, IDNA domain,
+    # case folded), computed in Python and set on every insert.
+    email_key: Mapped[str] = mapped_column(String(255), nullable=False)
 
     __table_args__ = (
         # Uniqueness without regard to case is the database's job, so that two
         # racing registrations cannot both succeed.
         Index("uq_users_username_lower", func.lower(username), unique=True),
         Index("uq_users_email_lower", func.lower(email), unique=True),
+        # lower() folds ASCII only (SQLite) and knows no Unicode forms: this is
+        # the uniqueness of an email whatever its case and Unicode spelling.
+        Index("uq_users_email_key", email_key, unique=True),
     )
 
     def public(self) -> dict[str, object]:

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from quart_app.auth.service import _BY_USERNAME_OR_EMAIL  # noqa: E402
+from quart_app.auth.validation import email_key  # noqa: E402
 from quart_app.models import AuthSession, LoginThrottle, User  # noqa: E402
 from quart_login import token_digest, utcnow  # noqa: E402
 from quart_login.sqlalchemy_store import SQLAlchemyAuthSessionStore  # noqa: E402
@@ -42,7 +43,11 @@ def statements(now):
     forget = timedelta(minutes=15)
     return [
         ("session lookup (every protected request)", _RESOLVE, {"digest": token_digest("token-1234"), "now": now}),
-        ("login lookup (username or email, any case)", _BY_USERNAME_OR_EMAIL, {"ident": "USER1234@EXAMPLE.COM"}),
+        (
+            "login lookup (username or email, any case)",
+            _BY_USERNAME_OR_EMAIL,
+            {"ident": "USER1234@EXAMPLE.COM", "email_key": email_key("USER1234@EXAMPLE.COM")},
+        ),
         (
             "throttle counters (every login)",
             select(LoginThrottle).where(
@@ -76,7 +81,13 @@ def fill(engine, now) -> None:
         conn.execute(
             insert(User),
             [
-                {"username": f"user{i}", "email": f"user{i}@example.com", "password_hash": "x", "is_active": True}
+                {
+                    "username": f"user{i}",
+                    "email": f"user{i}@example.com",
+                    "email_key": f"user{i}@example.com",
+                    "password_hash": "x",
+                    "is_active": True,
+                }
                 for i in range(1, USERS + 1)
             ],
         )

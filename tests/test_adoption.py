@@ -13,6 +13,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import unicodedata
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from sqlalchemy.schema import CreateTable
 from werkzeug.security import generate_password_hash
 
 from quart_app import create_app
+from quart_app.auth.validation import email_key
 
 # Most tests build SQLite files of their own (the Flask app's default store);
 # those of a grown Flask app (below) run on either backend.
@@ -316,12 +318,13 @@ def test_fresh_schema_matches_adopted_schema(tmp_path, adopted):
     assert {name for kind, name, _ in schema_names(adopted) if kind == "index"} >= {
         "uq_users_username_lower",
         "uq_users_email_lower",
+        "uq_users_email_key",
         "ix_auth_sessions_user_id",
     }
     assert users_shape(fresh) == users_shape(adopted)
     assert users_shape(adopted)[1:] == (
         [("email",), ("username",)],
-        [("uq_users_email_lower", 1), ("uq_users_username_lower", 1)],
+        [("uq_users_email_key", 1), ("uq_users_email_lower", 1), ("uq_users_username_lower", 1)],
     )
 
 
@@ -332,7 +335,9 @@ async def test_weaker_argon2_hash_is_rehashed_with_app_parameters_at_login(datab
     assert argon2_params(weak) == (512, 1, 1)
     with closing(sqlite3.connect(database.path)) as conn, conn:
         user_id = conn.execute(
-            "INSERT INTO users (username, email, password_hash) VALUES ('weak', 'weak@example.com', ?)", (weak,)
+            "INSERT INTO users (username, email, email_key, password_hash) "
+            "VALUES ('weak', 'weak@example.com', 'weak@example.com', ?)",
+            (weak,),
         ).lastrowid
 
     async with serving(database.path) as client:
@@ -527,10 +532,10 @@ def test_adoption_of_grown_flask_database_keeps_every_value_and_table(grown):
     assert [version for (version,) in grown.rows("SELECT version_num FROM alembic_version")] == [HEAD]
     assert flask_values(grown) == values
     assert definition(grown, "notes") == notes
-    # users keeps its columns as they were; only is_active is added (true for everyone).
+    # users keeps its columns as they were; only is_active (true for everyone) and email_key are added.
     after = definition(grown, "users")
     assert after["columns"][: len(users["columns"])] == users["columns"]
-    assert [column[0] for column in after["columns"][len(users["columns"]) :]] == ["is_active"]
+    assert [column[0] for column in after["columns"][len(users["columns"]) :]] == ["is_active", "email_key"]
     assert users["constraints"] <= after["constraints"]
     assert grown.rows("SELECT count(*) FROM users WHERE is_active = ?", True) == [(len(FLASK_USERS),)]
     assert {"notes", "auth_sessions", "auth_events", "login_throttle"} <= table_names(grown)
@@ -657,7 +662,10 @@ def test_guide_fork_revision_creates_notes_on_a_new_database(backend, tmp_path):
         alembic(*config, "upgrade", "head", url=database.url)
         assert "notes" in table_names(database)
         assert "display_name" in [column[0] for column in columns(database, "users")]
-        database.write("INSERT INTO users (username, email, password_hash) VALUES ('a', 'a@example.com', 'x')")
+        database.write(
+            "INSERT INTO users (username, email, email_key, password_hash) "
+            "VALUES ('a', 'a@example.com', 'a@example.com', 'x')"
+        )
         database.write("INSERT INTO notes (user_id, body) VALUES ((SELECT id FROM users), 'a note')")
 
         alembic(*config, "downgrade", HEAD, url=database.url)
@@ -665,3 +673,158 @@ def test_guide_fork_revision_creates_notes_on_a_new_database(backend, tmp_path):
         assert "display_name" not in [column[0] for column in columns(database, "users")]
     finally:
         database.drop()
+
+
+# -- email_key: one address in any case or Unicode spelling ----------------------------------
+#
+# Revision email_key computes users.email_key in Python for every row and
+# refuses, before changing anything, rows whose addresses share a key.
+
+SHARED_KEY = "users.email holds addresses that are one address once case and Unicode spelling are ignored"
+EMAIL_CASE_DUPLICATES = "users.email holds values that differ only in case"
+
+
+def nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+@SQLITE_FILES
+def test_emails_equal_but_for_non_ascii_case_stop_the_upgrade_and_then_it_runs_once_they_are_changed(tmp_path):
+    """Ärger@x.example and ärger@x.example (which lower() does not fold on SQLite): refused, named, nothing changed."""
+    rows = [
+        (1, "aerger", "\u00c4rger@x.example", generate_password_hash("password one")),
+        (2, "aerger2", "\u00e4rger@x.example", generate_password_hash("password two")),
+        (3, "other", "other@x.example", generate_password_hash("password three")),
+    ]
+    path = flask_database(tmp_path / "unicode.db", rows)
+    alembic("stamp", "seed", url=sqlite_url(path))
+
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        alembic("upgrade", "head", url=sqlite_url(path))
+    message = failure.value.stderr
+    assert SHARED_KEY in message
+    assert "\u00c4rger@x.example (id 1), \u00e4rger@x.example (id 2)" in message
+    assert "other@x.example" not in message
+    assert revision(path) == ["seed"]
+    assert query(path, "SELECT * FROM users ORDER BY id") == rows
+    assert query(path, "SELECT sql FROM sqlite_master WHERE name = 'users'") == [(FLASK_USERS_DDL,)]
+    assert {name for kind, name, _ in schema_names(path) if kind == "table"} == {"users", "alembic_version"}
+
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE users SET email = 'aerger.two@x.example' WHERE id = 2")
+    alembic("upgrade", "head", url=sqlite_url(path))
+    assert revision(path) == [HEAD]
+    assert query(path, "SELECT id, email_key FROM users ORDER BY id") == [
+        (1, "\u00e4rger@x.example"),
+        (2, "aerger.two@x.example"),
+        (3, "other@x.example"),
+    ]
+
+
+@SQLITE_FILES
+def test_an_email_too_long_once_normalized_stops_the_upgrade(tmp_path):
+    """U+FDFA is 18 letters under NFKC: a key longer than users.email_key is refused, not truncated."""
+    long_one = "\ufdfa" * 15 + "@x.example"
+    path = flask_database(tmp_path / "long.db", [(1, "long", long_one, generate_password_hash("password one"))])
+    alembic("stamp", "seed", url=sqlite_url(path))
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        alembic("upgrade", "head", url=sqlite_url(path))
+    assert "users.email holds addresses longer than 255 characters once normalized" in failure.value.stderr
+    assert f"{long_one} (id 1)" in failure.value.stderr
+    assert revision(path) == ["seed"]
+
+
+def test_the_email_key_revision_refuses_to_write_sql_offline(tmp_path):
+    """The keys are computed from the rows: `upgrade --sql` cannot write them, and says so."""
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        alembic("upgrade", "throttle_pending:email_key", "--sql", url=sqlite_url(tmp_path / "offline.db"))
+    assert "revision email_key computes each account's key in Python" in failure.value.stderr
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        pytest.param("jos\u00e9@x.example", nfd("jos\u00e9@x.example"), id="NFC and NFD"),
+        pytest.param("user@xn--bcher-kva.example", "user@b\u00fccher.example", id="punycode and Unicode domain"),
+        pytest.param("\uff4a\uff4f\uff45@x.example", "joe@x.example", id="fullwidth and ASCII"),
+        pytest.param("\u00c4rger@x.example", "\u00e4rger@x.example", id="non-ASCII case"),
+    ],
+)
+def test_flask_emails_sharing_a_key_stop_the_upgrade_and_change_nothing(backend, tmp_path, one, other):
+    """On either backend: the upgrade stops with a message naming both accounts; every table and row stays."""
+    database = backend.create(tmp_path)
+    try:
+        database.write(str(CreateTable(GROWN_METADATA.tables["users"]).compile(dialect=DIALECTS[database.backend])))
+        for user_id, email in [(1, one), (2, other), (3, "bystander@x.example")]:
+            database.write(
+                f"INSERT INTO users ({USERS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                *(user_id, f"user{user_id}", email, generate_password_hash("a password"), None, None, None),
+            )
+        alembic("stamp", "seed", url=database.url)
+        before = everything(database)
+        with pytest.raises(subprocess.CalledProcessError) as failure:
+            alembic("upgrade", "head", url=database.url)
+        [(lower_folds,)] = database.rows("SELECT lower(CAST(? AS VARCHAR)) = lower(CAST(? AS VARCHAR))", one, other)
+        if lower_folds:
+            # PostgreSQL's lower() folds Ä where the database's locale does: revision port_sessions refuses first.
+            assert EMAIL_CASE_DUPLICATES in failure.value.stderr
+        else:
+            assert SHARED_KEY in failure.value.stderr
+            assert f"{one} (id 1), {other} (id 2)" in failure.value.stderr
+        assert database.rows("SELECT version_num FROM alembic_version") == [("seed",)]
+        assert everything(database) == before
+    finally:
+        database.drop()
+
+
+# A Flask row whose email was stored in NFD, upper case, with a punycode
+# domain; one in fullwidth letters.
+UNICODE_FLASK_USERS = [
+    (8, "juergen", "JU\u0308RGEN@XN--BCHER-KVA.EXAMPLE", "j\u00fcrgen's password", "j\u00fcrgen@xn--bcher-kva.example"),
+    (9, "wide", "\uff57\uff49\uff44\uff45@example.com", "a wide password", "wide@example.com"),
+]
+
+
+async def test_adoption_backfills_the_email_key_of_every_row_and_logs_in_by_any_spelling(grown):
+    for user_id, username, email, password, _ in UNICODE_FLASK_USERS:
+        grown.write(
+            f"INSERT INTO users ({USERS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            *(user_id, username, email, generate_password_hash(password), None, None, None),
+        )
+    values = flask_values(grown)
+    adopt_database(grown)
+
+    assert flask_values(grown) == values
+    expected = {user_id: email_key(email) for user_id, _, email, _, _ in FLASK_USERS + UNICODE_FLASK_USERS}
+    assert expected[8] == UNICODE_FLASK_USERS[0][4] and expected[9] == UNICODE_FLASK_USERS[1][4]
+    assert expected[7] == "bob.smith@example.com"
+    assert dict(grown.rows("SELECT id, email_key FROM users")) == expected
+    users = definition(grown, "users")
+    [column] = [column for column in users["columns"] if column[0] == "email_key"]
+    if grown.is_sqlite:
+        assert column == ("email_key", "VARCHAR(255)", 1, "''")  # (SQLite cannot drop the default in place)
+    else:
+        assert column == ("email_key", "character varying", 255, "NO", None)
+    assert "uq_users_email_key" in {name for name, _ in users["indexes"]}
+
+    async with serving(grown.url) as client:
+        status, body = await api_login(client, "j\u00fcrgen@b\u00fccher.example", "j\u00fcrgen's password")
+        assert (status, body["id"]) == (200, 8)
+        assert (await api_login(client, "wide@EXAMPLE.com", "a wide password"))[0] == 200
+        response = await register_api(client, "wider", "WIDE@example.com")
+        assert (response.status_code, await response.get_json()) == (409, {"error": "Email already registered."})
+
+
+def test_downgrade_of_email_key_drops_it_and_upgrade_fills_it_again(grown):
+    adopt_database(grown)
+    values = flask_values(grown)
+    keys = grown.rows("SELECT id, email_key FROM users ORDER BY id")
+
+    alembic("downgrade", "throttle_pending", url=grown.url)
+    assert "email_key" not in [column[0] for column in columns(grown, "users")]
+    assert "uq_users_email_key" not in {name for name, _ in definition(grown, "users")["indexes"]}
+    assert flask_values(grown) == values
+
+    alembic("upgrade", "head", url=grown.url)
+    assert grown.rows("SELECT id, email_key FROM users ORDER BY id") == keys
+    assert flask_values(grown) == values

@@ -292,3 +292,12 @@ async def test_exhausted_connection_pool_is_503_not_500(make_app, database):
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
         assert user_count(database) == 0
+
+
+@pytest.mark.parametrize("path", ["/api/login", "/api/register"])
+async def test_a_nul_character_in_a_name_is_a_400_on_every_backend(client, path):
+    """A NUL in the username (or email) is refused as invalid text: PostgreSQL's text cannot hold it (no 500)."""
+    body = {"username": "ali\x00ce", "email": "alice@example.com", "password": "correct horse battery"}
+    response = await client.post(path, json=body)
+    assert response.status_code == 400
+    assert (await response.get_json())["fields"]["username"] == "Contains characters that are not valid text."

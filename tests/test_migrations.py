@@ -142,10 +142,10 @@ def test_upgrade_head_creates_the_lower_unique_indexes(database):
 )
 def test_database_refuses_a_case_variant(database, username, email, index):
     """The database itself, not only the app, refuses "zed" next to "Zed"."""
-    insert = "INSERT INTO users (username, email, password_hash) VALUES (?, ?, 'x')"
-    database.write(insert, "Zed", "Zed@example.com")
+    insert = "INSERT INTO users (username, email, email_key, password_hash) VALUES (?, ?, ?, 'x')"
+    database.write(insert, "Zed", "Zed@example.com", "zed@example.com")
     with pytest.raises(integrity_error(database), match=index):
-        database.write(insert, username, email)
+        database.write(insert, username, email, f"{username}.{email}")
     assert database.rows("SELECT username FROM users") == [("Zed",)]
 
 
@@ -165,7 +165,8 @@ async def test_api_refuses_a_case_variant_with_409(client, database):
 
 def test_add_missing_columns_adds_only_what_is_missing_and_keeps_values(database):
     database.write(
-        "INSERT INTO users (username, email, password_hash, created_at) VALUES ('a', 'a@example.com', 'x', ?)",
+        "INSERT INTO users (username, email, email_key, password_hash, created_at) "
+        "VALUES ('a', 'a@example.com', 'a@example.com', 'x', ?)",
         "2020-01-02 03:04:05.000000",
     )
     with operations(database):
@@ -198,7 +199,10 @@ def test_create_table_and_index_if_missing(database):
 
 def test_batch_alter_table_keeps_the_lower_indexes(database):
     """A batch that copies users (SQLite) makes the indexes on lower(...) again; they still refuse case variants."""
-    database.write("INSERT INTO users (username, email, password_hash) VALUES ('Zed', 'zed@example.com', 'x')")
+    database.write(
+        "INSERT INTO users (username, email, email_key, password_hash) "
+        "VALUES ('Zed', 'zed@example.com', 'zed@example.com', 'x')"
+    )
     # On PostgreSQL, "auto" alters in place (a copy could not drop a table others refer to).
     recreate = "always" if database.is_sqlite else "auto"
     with operations(database), batch_alter_table("users", recreate=recreate) as batch:
@@ -206,7 +210,10 @@ def test_batch_alter_table_keeps_the_lower_indexes(database):
     assert "nickname" in column_names(database, "users")
     assert set(LOWER_INDEXES) <= set(index_definitions(database, "users"))
     with pytest.raises(integrity_error(database), match="uq_users_username_lower"):
-        database.write("INSERT INTO users (username, email, password_hash) VALUES ('ZED', 'z2@example.com', 'x')")
+        database.write(
+            "INSERT INTO users (username, email, email_key, password_hash) "
+            "VALUES ('ZED', 'z2@example.com', 'z2@example.com', 'x')"
+        )
     # What check reports is the column the models lack, not the indexes.
     report = check_failure(database)
     assert "nickname" in report and "uq_users" not in report
@@ -217,7 +224,13 @@ def test_batch_alter_table_keeps_the_lower_indexes(database):
 
 def add_sessions(database) -> list[tuple]:
     """A user with two sessions, the second confirmed after it started; their (id, created_at)."""
-    database.write("INSERT INTO users (username, email, password_hash) VALUES ('s', 's@example.com', 'x')")
+    if "email_key" in column_names(database, "users"):  # (not below revision email_key)
+        database.write(
+            "INSERT INTO users (username, email, email_key, password_hash) "
+            "VALUES ('s', 's@example.com', 's@example.com', 'x')"
+        )
+    else:
+        database.write("INSERT INTO users (username, email, password_hash) VALUES ('s', 's@example.com', 'x')")
     [(user_id,)] = database.rows("SELECT id FROM users WHERE username = 's'")
     for token_hash, created_at, auth_time in [
         ("a" * 64, "2026-01-01 10:00:00.000000", None),

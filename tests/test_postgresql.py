@@ -134,9 +134,10 @@ def test_the_database_refuses_a_case_variant_by_itself(database):
     """The lower() unique indexes hold on PostgreSQL, whatever the app does."""
     import psycopg
 
-    database.write("INSERT INTO users (username, email, password_hash) VALUES ('Dave', 'dave@example.com', 'x')")
+    insert = "INSERT INTO users (username, email, email_key, password_hash) VALUES (?, ?, ?, 'x')"
+    database.write(insert, "Dave", "dave@example.com", "dave@example.com")
     with pytest.raises(psycopg.errors.UniqueViolation, match="uq_users_username_lower"):
-        database.write("INSERT INTO users (username, email, password_hash) VALUES ('DAVE', 'other@example.com', 'x')")
+        database.write(insert, "DAVE", "other@example.com", "other@example.com")
 
 
 # -- a database server that goes away ------------------------------------------------

@@ -30,4 +30,4 @@ def test_every_hot_query_is_an_index_lookup(backend, tmp_path):
         assert "Index Scan using auth_sessions_token_hash_key on auth_sessions" in session_lookup
         assert "Index Scan using users_pkey on users" in session_lookup
     login_lookup = "\n".join(plans["login lookup (username or email, any case)"])
-    assert "uq_users_username_lower" in login_lookup and "uq_users_email_lower" in login_lookup
+    assert "uq_users_username_lower" in login_lookup and "uq_users_email_key" in login_lookup

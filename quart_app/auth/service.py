@@ -19,7 +19,7 @@ from ..models import User
 from .events import audit
 from .sessions import describe, get_store
 from .throttle import Attempt, Throttled, get_throttle, keys_for
-from .validation import validate_credentials, validate_password_change, validate_registration
+from .validation import email_key, login_key, validate_credentials, validate_password_change, validate_registration
 
 LOGIN_FAILED = "Incorrect username or password."
 USERNAME_TAKEN = "Username already taken."
@@ -28,20 +28,24 @@ WRONG_CURRENT_PASSWORD = "Current password is incorrect."
 SESSION_ENDED = "Too many wrong passwords: this session has been logged out. Log in again."
 
 
-# Both sides lower()ed by the database, so the unique lower() indexes serve
-# the lookup. Built once, columns rather than the entity: a login's lookup
-# needs no identity map or ORM loading (the user is rebuilt from the row).
+# The username lower()ed on both sides by the database (usernames are
+# ASCII), the email by its key (validation.email_key, computed here), so that
+# the unique indexes uq_users_username_lower and uq_users_email_key serve the
+# lookup. Built once, columns rather than the entity: a login's lookup needs
+# no identity map or ORM loading (the user is rebuilt from the row).
 _BY_USERNAME_OR_EMAIL = select(*User.__table__.c).where(
     or_(
         func.lower(User.username) == func.lower(bindparam("ident")),
-        func.lower(User.email) == func.lower(bindparam("ident")),
+        User.email_key == bindparam("email_key"),
     )
 )
 
 
 async def _find(ident: str) -> User | None:
+    params = {"ident": ident, "email_key": email_key(ident)}
+
     def work(db: Session) -> User | None:
-        row = db.connection().execute(_BY_USERNAME_OR_EMAIL, {"ident": ident}).first()
+        row = db.connection().execute(_BY_USERNAME_OR_EMAIL, params).first()
         db.commit()  # ends the read at once (on a server database, the request's session)
         return None if row is None else User(**row._mapping)
 
@@ -56,6 +60,8 @@ async def _taken_message(username: str, email: str) -> str | None:
                 select(func.lower(User.username) == func.lower(username)).where(
                     or_(
                         func.lower(User.username) == func.lower(username),
+                        # The key decides; lower() as the other unique index does.
+                        User.email_key == email_key(email),
                         func.lower(User.email) == func.lower(email),
                     )
                 )
@@ -82,6 +88,7 @@ async def create_user(data: Mapping[str, Any]) -> User:
     user = User(
         username=form.username,
         email=form.email,
+        email_key=email_key(form.email),
         password_hash=password_hash,
         is_active=True,
         created_at=utcnow(),
@@ -141,10 +148,11 @@ async def authenticate(data: Mapping[str, Any]) -> User:
     ident = creds.identifier
     user = await _find(ident)
     # Keyed by the account when it exists (username and email count
-    # together), else by what was typed: both behave the same outside. The
-    # attempt is counted before the (slow) verification, so that parallel
-    # guesses cannot all pass a check made before any of them failed.
-    attempt = await _begin_attempt(f"user:{user.id}" if user else f"name:{ident.lower()}", user)
+    # together), else by what was typed, an email by its key (login_key):
+    # both behave the same outside. The attempt is counted before the (slow)
+    # verification, so that parallel guesses cannot all pass a check made
+    # before any of them failed.
+    attempt = await _begin_attempt(f"user:{user.id}" if user else f"name:{login_key(ident)}", user)
     # No transaction stays open while the (slow) hash runs.
     await commit_pending()
 
