@@ -9,7 +9,7 @@ from typing import Any
 from hypercorn.middleware import ProxyFixMiddleware
 from quart import Quart
 
-from . import auth, speedups
+from . import auth, serving, speedups
 from .api import docs as api_docs
 from .api.views import bp as api_bp
 from .auth.throttle import Throttle
@@ -65,6 +65,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(live_bp)
     headers.init_app(app)
     register_cli(app)
+    serving.install(app)
     speedups.install(app, settings, database=database, store=login_manager.store)
     if settings.PROXY_HOPS:
         app.asgi_app = ProxyFixMiddleware(app.asgi_app, mode="legacy", trusted_hops=settings.PROXY_HOPS)

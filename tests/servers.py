@@ -166,11 +166,14 @@ def launch(
     port: int | None = None,
     log_path: Path | None = None,
     secret_key: str | None = None,
+    app: str = "quart_app:create_app()",
 ) -> Server:
     """Serve the app as scripts/serve does (hypercorn.toml, 127.0.0.1) on ``db``; return once every worker runs.
 
     ``settings`` are QUART_APP_* names without the prefix; ``workers`` and
-    ``port`` default to hypercorn.toml's worker count and a free port. The
+    ``port`` default to hypercorn.toml's worker count and a free port; ``app``
+    is hypercorn's application argument (a test-only factory such as
+    ``tests/shutdown_app.py:create_app()`` instead of the real one). The
     caller stops the server (``Server.stop``), or use ``serving``.
     """
     args = ["--workers", str(workers)] if workers is not None else []
@@ -181,7 +184,7 @@ def launch(
     env = server_env(db, settings or {}, secret_key=secret_key)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(HYPERCORN), "-c", "hypercorn.toml", "--bind", f"127.0.0.1:{port}", *args, "quart_app:create_app()"],
+            [str(HYPERCORN), "-c", "hypercorn.toml", "--bind", f"127.0.0.1:{port}", *args, app],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
