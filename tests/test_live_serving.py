@@ -325,3 +325,32 @@ async def test_same_or_trusted_origin_gets_hello(live_server, origin):
     status, message = await handshake(live_server, token, {"Origin": origin} if origin else {})
     assert status == 101, (status, message)
     assert json.loads(message) == {"event": "hello", "username": username}
+
+
+@needs_proc
+@pytest.mark.parametrize("socket_worker", [0, 1])
+async def test_a_password_change_leaves_the_changers_socket_open_and_revokes_the_others(live_server, socket_worker):
+    """The browser that changed its password keeps its socket (its session goes on); another session's is told."""
+    server = live_server
+    holder = worker(server, socket_worker)
+    (other,) = server.worker_pids - {holder}
+    username = f"changer_{socket_worker}"
+    token = await register(server, username)
+    async with client_for(server) as client:
+        response = await client.post("/api/login", json={"username": username, "password": PASSWORD})
+        second = response.cookies[AUTH_COOKIE]
+
+    async with websocket_on(server, holder, token) as mine, websocket_on(server, holder, second) as theirs:
+        assert (await mine.receive_json())["event"] == "hello"
+        assert (await theirs.receive_json())["event"] == "hello"
+        async with connection_to(server, other) as client:
+            response = await client.post(
+                "/api/password",
+                json={"current_password": PASSWORD, "new_password": "a new horse battery"},
+                headers=cookie_header(token),
+            )
+            assert response.status_code == 204, response.text
+        async with asyncio.timeout(REVOKED_WITHIN):
+            assert await theirs.receive_json() == {"event": "revoked"}
+        with pytest.raises(TimeoutError):  # several polls: the changer's socket hears nothing
+            await asyncio.wait_for(mine.receive(), QUIET_SECONDS)

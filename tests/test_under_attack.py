@@ -419,3 +419,27 @@ async def test_guessing_the_current_password_over_both_workers_ends_the_session(
     assert statuses == [400] * (ACCOUNT_LIMIT - 1) + [401] * 3
     assert (await send_with(server, token, "GET", "/api/me")).status_code == 401
     assert (await log_in(server, "stolen_session")).status_code == 429
+
+
+async def test_a_deeply_nested_body_is_a_400_from_the_served_app(attack_server):
+    """A body nested 1,000 levels deep, from an anonymous client, is a clean 400 on every JSON route (not a 500)."""
+    body = '{"username": ' + "[" * 1000 + "]" * 1000 + ', "password": "x"}'
+    async with client_for(attack_server, timeout=TIMEOUT) as client:
+        for path in ("/api/login", "/api/register"):
+            response = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 400, (path, response.text)
+            assert response.json() == {"error": "The JSON body is nested too deeply."}
+
+
+async def test_an_address_in_another_case_or_unicode_form_is_the_same_account_when_served(attack_server):
+    """Ärger@… and ärger@… (and its decomposed form) are one address: one 201, then 409s; login with either works."""
+    import unicodedata
+
+    async with client_for(attack_server, timeout=TIMEOUT) as client:
+        first = await client.post("/api/register", json={**registration("aerger1"), "email": "Ärger@example.com"})
+        assert first.status_code == 201, first.text
+        for email in ("ärger@example.com", unicodedata.normalize("NFD", "ÄRGER@example.com")):
+            again = await client.post("/api/register", json={**registration("aerger2"), "email": email})
+            assert again.status_code == 409 and again.json()["error"] == "Email already registered."
+    for typed in ("ärger@EXAMPLE.com", unicodedata.normalize("NFD", "ärger@example.com")):
+        assert (await log_in(attack_server, typed)).status_code == 200
