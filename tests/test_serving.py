@@ -191,3 +191,22 @@ async def test_hashing_does_not_block_the_event_loop(slow_hash_server):
         f"only {pages_before} of {PAGES_DURING_LOGINS} pages were served before the last login finished"
         f" (pages waited for the hashing); completion order: {finished}"
     )
+
+
+def test_hypercorn_refuses_to_serve_settings_that_contradict_each_other(database, tmp_path):
+    """Served for real with a touch interval as long as the idle timeout: no worker serves, and the log names both."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+    from servers import server_env
+
+    port = free_port()
+    env = server_env(database, {"SESSION_TOUCH_INTERVAL": 7200, "SESSION_IDLE_TIMEOUT": 7200})
+    hypercorn = Path(sys.executable).with_name("hypercorn")
+    command = [str(hypercorn), "-c", "hypercorn.toml", "--bind", f"127.0.0.1:{port}", "quart_app:create_app()"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert "QUART_APP_SESSION_TOUCH_INTERVAL" in result.stderr and "QUART_APP_SESSION_IDLE_TIMEOUT" in result.stderr
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=2, trust_env=False)
