@@ -102,10 +102,6 @@ def parse(text: str) -> frozenset[str]:
     return frozenset(chosen)
 
 
-def enabled(app: Quart) -> frozenset[str]:
-    return app.extensions.get(EXTENSION, frozenset())
-
-
 def prepare_login_manager(manager: LoginManager, settings: Settings) -> None:
     """Before ``init_app``: the auth cookie's class, with the cookie speed-ups that are on."""
     chosen = parse(settings.SPEEDUPS)

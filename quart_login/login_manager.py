@@ -192,13 +192,9 @@ class LoginManager:
             return await _call(self._unauthorized_callback)
         if not has_request_context():  # a websocket: no flash, no redirect, the handshake is refused
             raise Unauthorized()
-        login = current_app.extensions[EXTENSION]
-        view = self.blueprint_login_views.get(request.blueprint or "") or login.setting("LOGIN_VIEW")
-        if view is None or wants_json():
+        if self._login_view() is None or wants_json():
             raise _unauthorized("Authentication required.")
-        return await self._redirect_with_message(
-            view, login.setting("LOGIN_MESSAGE"), login.setting("LOGIN_MESSAGE_CATEGORY")
-        )
+        return await self.redirect_to_login()
 
     async def needs_refresh(self) -> Any:
         """``fresh_login_required``'s answer to a stale session: the handler's, else 401, else a redirect."""
@@ -208,17 +204,14 @@ class LoginManager:
         if not has_request_context():  # a websocket: no flash, no redirect, the handshake is refused
             raise Unauthorized()
         login = current_app.extensions[EXTENSION]
-        view = login.setting("REFRESH_VIEW")
-        if view is None or wants_json():
+        if login.setting("REFRESH_VIEW") is None or wants_json():
             raise _unauthorized(login.setting("NEEDS_REFRESH_MESSAGE") or "Authentication required.")
-        return await self._redirect_with_message(
-            view, login.setting("NEEDS_REFRESH_MESSAGE"), login.setting("NEEDS_REFRESH_MESSAGE_CATEGORY")
-        )
+        return await self.redirect_to_refresh()
 
     async def redirect_to_login(self) -> Any:
         """The default browser answer of ``unauthorized``: flash LOGIN_MESSAGE, redirect to LOGIN_VIEW?next=."""
         login = current_app.extensions[EXTENSION]
-        view = self.blueprint_login_views.get(request.blueprint or "") or login.setting("LOGIN_VIEW")
+        view = self._login_view()
         if view is None:
             raise Unauthorized()
         return await self._redirect_with_message(
@@ -234,6 +227,10 @@ class LoginManager:
         return await self._redirect_with_message(
             view, login.setting("NEEDS_REFRESH_MESSAGE"), login.setting("NEEDS_REFRESH_MESSAGE_CATEGORY")
         )
+
+    def _login_view(self) -> str | None:
+        login = current_app.extensions[EXTENSION]
+        return self.blueprint_login_views.get(request.blueprint or "") or login.setting("LOGIN_VIEW")
 
     async def _redirect_with_message(self, view: str, message: str | None, category: str) -> Any:
         if message:
