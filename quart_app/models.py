@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, func, true
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, false, func, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from quart_login import UserMixin
@@ -42,6 +42,9 @@ class User(UserMixin, Base):
     # it (quart_app.auth.validation.email_key: Unicode forms, IDNA domain,
     # case folded), computed in Python and set on every insert.
     email_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    # Added by revision "email_flows": whether the address was confirmed by a
+    # link mailed to it. Accounts adopted from the Flask database start unverified.
+    email_verified: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
 
     __table_args__ = (
         # Uniqueness without regard to case is the database's job, so that two
@@ -55,7 +58,7 @@ class User(UserMixin, Base):
 
     def public(self) -> dict[str, object]:
         """The only view of a user that responses carry (never the hash)."""
-        return {"id": self.id, "username": self.username, "email": self.email}
+        return {"id": self.id, "username": self.username, "email": self.email, "email_verified": self.email_verified}
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.username!r}>"
@@ -94,3 +97,52 @@ class LoginThrottle(Base):
     # Attempts reserved before their password is verified, not yet decided.
     pending: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     pending_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class EmailToken(Base):
+    """A link mailed to a user (reset, verify, email change): only its SHA-256 is kept; single-use, short-lived."""
+
+    __tablename__ = "email_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+    # "reset", "verify" or "email_change" (quart_app/auth/recovery.py).
+    purpose: Mapped[str] = mapped_column(String(16), nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    # The address the link went to: a verify token proves that one address,
+    # an email-change token carries the new one.
+    email: Mapped[str] = mapped_column(String(120), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    # Set when the token is used, or killed (a newer reset, a password change).
+    used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class OutboxMessage(Base):
+    """A message to send (the transactional outbox, quart_app/mail/): written with the change that causes it.
+
+    ``content`` (subject and parts) is encrypted with a key derived from the
+    secret key, since a link in it is a live token, and erased once sent.
+    """
+
+    __tablename__ = "mail_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    # The template that made it ("reset_password", ...): for `mail status`.
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    recipient: Mapped[str] = mapped_column(String(255), nullable=False)
+    # The account it concerns, for the audit trail ("mail_failed").
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # "pending", "sent" or "failed" (gave up after MAIL_MAX_ATTEMPTS tries).
+    status: Mapped[str] = mapped_column(String(8), nullable=False, default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    # A sender's lease on the row while it sends: another sender skips it until it lapses.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    __table_args__ = (Index("ix_mail_outbox_due", "status", "next_attempt_at"),)

@@ -7,10 +7,11 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from email.utils import parseaddr
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 PREFIX = "QUART_APP_"
 ENVIRONMENTS = ("production", "development", "testing")
@@ -82,6 +83,69 @@ def parse_limit(text: str, name: str) -> Limit | None:
         raise ConfigError(f"{PREFIX}{name} must look like 5/minute, 20/hour or off (got {text!r})")
     count = int(match.group(2) or 1)
     return Limit(int(match.group(1)), count * _PERIODS[match.group(3).lower()])
+
+
+MAIL_MODES = ("smtp", "smtp+starttls", "smtps", "console", "off")
+
+
+@dataclass(frozen=True)
+class MailURL:
+    """QUART_APP_MAIL_URL, parsed: ``mode`` is one of MAIL_MODES; the rest is for the SMTP modes."""
+
+    mode: str
+    host: str = ""
+    port: int = 0
+    username: str = ""
+    password: str = ""
+
+    @property
+    def sends(self) -> bool:
+        """Whether the email features are on (every mode but "off")."""
+        return self.mode != "off"
+
+    def __repr__(self) -> str:  # never the password
+        return f"MailURL({self.mode!r}, {self.host!r}, {self.port})"
+
+
+_MAIL_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+
+
+def parse_mail_url(text: str) -> MailURL:
+    """``smtp://user:pass@host:port``, ``smtp+starttls://...``, ``smtps://...``, ``console`` or ``off``."""
+    text = text.strip()
+    if text.lower() in ("console", "off"):
+        return MailURL(text.lower())
+    shown = (
+        f"{PREFIX}MAIL_URL must be smtp://[user:password@]host[:port], smtp+starttls://..., smtps://..., console or off"
+    )
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{shown} (the port is not a number from 1 to 65535)") from None
+    mode = parts.scheme.lower()
+    if mode not in _MAIL_PORTS or not parts.hostname or (parts.path not in ("", "/")) or parts.query:
+        raise ConfigError(f"{shown} (got a value of another form)")
+    return MailURL(
+        mode,
+        parts.hostname,
+        port or _MAIL_PORTS[mode],
+        unquote(parts.username or ""),
+        unquote(parts.password or ""),
+    )
+
+
+def public_url_of(text: str) -> str | None:
+    """QUART_APP_PUBLIC_URL without a trailing slash, or None if it is no http(s) URL with a host and no query."""
+    text = text.strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return None
+    origin = origin_of(f"{parts.scheme}://{parts.netloc}") if parts.netloc else None
+    if origin is None or parts.query or parts.fragment or "?" in text or "#" in text:
+        return None
+    return origin + parts.path
 
 
 @dataclass(frozen=True)
@@ -160,9 +224,54 @@ class Settings:
     # list of names, or all minus some ("all,-gc_freeze").
     SPEEDUPS: str = "all"
 
+    # Mail (quart_app/mail/): smtp://user:pass@host:port, smtp+starttls://...,
+    # smtps://..., "console" (written to the log: development and testing,
+    # their default) or "off" (the email features answer 404). Production has
+    # no default.
+    MAIL_URL: str = ""
+    # The sender of every message ("Name <address>" or an address).
+    MAIL_FROM: str = ""
+    # The origin of every link in a message (https://example.com); never the request's Host.
+    PUBLIC_URL: str = ""
+    # A sender retries a message that failed after MAIL_RETRY_DELAY seconds,
+    # doubling up to MAIL_RETRY_DELAY_MAX; after MAIL_MAX_ATTEMPTS tries it
+    # stops and the message stays "failed" (`quart ... mail status`, `mail retry`).
+    MAIL_MAX_ATTEMPTS: int = 10
+    MAIL_RETRY_DELAY: float = 10.0
+    MAIL_RETRY_DELAY_MAX: float = 3600.0
+    # Each worker's sender looks for due messages this often (it is also woken
+    # at once by the requests of its own worker that queue one).
+    MAIL_POLL_INTERVAL: float = 5.0
+    # The longest one SMTP delivery may take (connect, TLS, send).
+    MAIL_SEND_TIMEOUT: float = 30.0
+    # Lifetimes of mailed links (seconds).
+    RESET_TOKEN_TTL: int = 1800
+    VERIFY_TOKEN_TTL: int = 86400
+    # On: login_required routes answer like a missing login until the address is verified.
+    REQUIRE_VERIFIED_EMAIL: bool = False
+    # Password-reset requests per address, and per client IP (every request counts).
+    FORGOT_PASSWORD_RATE_LIMIT: str = "5/hour"
+    FORGOT_PASSWORD_IP_RATE_LIMIT: str = "20/hour"
+    # Verification mails one user may ask for again.
+    EMAIL_RESEND_RATE_LIMIT: str = "5/hour"
+    # Mailed tokens that fail a check (unknown, used, expired), per client IP.
+    TOKEN_RATE_LIMIT: str = "20/minute"
+    # /forgot-password answers no sooner than this (seconds) after the request
+    # came, known address or not: its time tells nothing.
+    FORGOT_PASSWORD_MIN_TIME: float = 0.25
+    # Optional breached-password check, k-anonymity range API
+    # (https://api.pwnedpasswords.com/range/): only 5 hex digits of the SHA-1
+    # leave the server. Fail-open after PWNED_PASSWORDS_TIMEOUT seconds.
+    PWNED_PASSWORDS_URL: str = ""
+    PWNED_PASSWORDS_TIMEOUT: float = 2.0
+
     @property
     def is_production(self) -> bool:
         return self.ENV == "production"
+
+    @cached_property
+    def mail(self) -> MailURL:
+        return parse_mail_url(self.MAIL_URL)
 
     @property
     def secret_key_fallbacks(self) -> list[str]:
@@ -250,7 +359,68 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
     if "HASH_WORKERS" not in values and settings.HASH_WORKERS > settings.HASH_QUEUE_LIMIT:
         # The default follows the cores; on a big machine it must not contradict the queue (below).
         settings = replace(settings, HASH_WORKERS=settings.HASH_QUEUE_LIMIT)
+    settings = _mail_settings(settings)
     _check_relations(settings)
+    return settings
+
+
+def _mail_settings(settings: Settings) -> Settings:
+    """MAIL_URL, MAIL_FROM and PUBLIC_URL checked, with the development and testing defaults filled in."""
+    if not settings.MAIL_URL.strip():
+        if settings.is_production:
+            raise ConfigError(
+                f"{PREFIX}MAIL_URL is not set. Production needs the SMTP relay that sends password-reset and "
+                f"verification mail, e.g.\n  export {PREFIX}MAIL_URL=smtp+starttls://user:password@smtp.example.com:587\n"
+                "(smtp://, smtp+starttls:// or smtps://), or off to turn the email features off."
+            )
+        settings = replace(settings, MAIL_URL="console")
+    mail = settings.mail  # parsed now: a malformed URL stops the start
+    if mail.mode == "console" and settings.is_production:
+        raise ConfigError(
+            f"{PREFIX}MAIL_URL=console writes every message, live links included, to the log: "
+            "production needs an SMTP relay (smtp://, smtp+starttls://, smtps://) or off"
+        )
+    if not settings.MAIL_FROM.strip():
+        if settings.is_production and mail.sends:
+            raise ConfigError(
+                f"{PREFIX}MAIL_FROM is not set: the sender of every message, e.g. Example <no-reply@example.com>"
+            )
+        settings = replace(settings, MAIL_FROM="Quart App <no-reply@localhost>")
+    if "@" not in parseaddr(settings.MAIL_FROM)[1] or any(ch in settings.MAIL_FROM for ch in "\r\n"):
+        raise ConfigError(f"{PREFIX}MAIL_FROM must be an address or Name <address> (got {settings.MAIL_FROM!r})")
+    if not settings.PUBLIC_URL.strip():
+        if settings.is_production and mail.sends:
+            raise ConfigError(
+                f"{PREFIX}PUBLIC_URL is not set: the origin of the links in every message, e.g. https://example.com "
+                "(links are never built from the request's Host header)"
+            )
+        settings = replace(
+            settings, PUBLIC_URL="http://localhost" if settings.ENV == "testing" else "http://localhost:5000"
+        )
+    public = public_url_of(settings.PUBLIC_URL)
+    if public is None:
+        raise ConfigError(
+            f"{PREFIX}PUBLIC_URL must be an http(s) URL like https://example.com (got {settings.PUBLIC_URL!r})"
+        )
+    settings = replace(settings, PUBLIC_URL=public)
+    if settings.REQUIRE_VERIFIED_EMAIL and not mail.sends:
+        raise ConfigError(
+            f"{PREFIX}REQUIRE_VERIFIED_EMAIL is on while {PREFIX}MAIL_URL is off: no address could ever be verified"
+        )
+    for name in (
+        "FORGOT_PASSWORD_RATE_LIMIT",
+        "FORGOT_PASSWORD_IP_RATE_LIMIT",
+        "EMAIL_RESEND_RATE_LIMIT",
+        "TOKEN_RATE_LIMIT",
+    ):
+        parse_limit(getattr(settings, name), name)
+    if settings.PWNED_PASSWORDS_URL and public_url_of(settings.PWNED_PASSWORDS_URL) is None:
+        raise ConfigError(
+            f"{PREFIX}PWNED_PASSWORDS_URL must be an http(s) URL like https://api.pwnedpasswords.com/range "
+            f"(got {settings.PWNED_PASSWORDS_URL!r})"
+        )
+    if settings.MAIL_RETRY_DELAY > settings.MAIL_RETRY_DELAY_MAX:
+        raise ConfigError(f"{PREFIX}MAIL_RETRY_DELAY must not exceed {PREFIX}MAIL_RETRY_DELAY_MAX")
     return settings
 
 
