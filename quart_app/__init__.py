@@ -20,6 +20,7 @@ from .core.config import INSTANCE_PATH, load_settings
 from .db import Database
 from .errors import register_error_handlers
 from .live import bp as live_bp
+from .mail import mail_enabled
 from .pages.views import bp as pages_bp
 
 __all__ = ["create_app"]
@@ -59,6 +60,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     login_manager = auth.init_app(app, settings, database)
     Throttle(settings).init_app(app)
     register_error_handlers(app)
+    app.jinja_env.globals["mail_enabled"] = mail_enabled
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
     api_docs.init_app(app)

@@ -58,7 +58,7 @@ class User(UserMixin, Base):
 
     def public(self) -> dict[str, object]:
         """The only view of a user that responses carry (never the hash)."""
-        return {"id": self.id, "username": self.username, "email": self.email, "email_verified": self.email_verified}
+        return {"id": self.id, "username": self.username, "email": self.email}
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.username!r}>"

@@ -27,7 +27,7 @@ from quart import (
     request,
     url_for,
 )
-from werkzeug.exceptions import Unauthorized
+from werkzeug.exceptions import Forbidden, Unauthorized
 
 from . import signals
 from .config import Lifetimes, lifetimes, read_config
@@ -95,6 +95,8 @@ class LoginManager:
         self._request_callback: Callback | None = None
         self._unauthorized_callback: Callback | None = None
         self._needs_refresh_callback: Callback | None = None
+        self._requirements: dict[str, Callback] = {}
+        self._requirement_failed_callback: Callback | None = None
         if app is not None:
             self.init_app(app)
 
@@ -146,6 +148,39 @@ class LoginManager:
         """What ``fresh_login_required`` returns to a stale session instead of the default."""
         self._needs_refresh_callback = callback
         return callback
+
+    def requirement(self, name: str) -> Callable[[Callback], Callback]:
+        """Register a check that ``login_required`` makes of every logged-in user: ``(user) -> bool``, sync or async.
+
+        A user who fails it is answered ``requirement_failed(name)`` instead of
+        the view (a verified address, a second factor, accepted terms...);
+        views decorated with ``@exempt_from(name)`` skip it (the page that
+        lets the user meet it, logging out). Checks run in the order registered.
+        """
+
+        def register(check: Callback) -> Callback:
+            self._requirements[name] = check
+            return check
+
+        return register
+
+    def requirement_failed_handler(self, callback: Callback) -> Callback:
+        """``(name) -> response``: the answer to a logged-in user who fails the requirement ``name``."""
+        self._requirement_failed_callback = callback
+        return callback
+
+    async def unmet_requirement(self, user: Any, exempt: frozenset[str] = frozenset()) -> str | None:
+        """The name of the first requirement ``user`` fails (those in ``exempt`` skipped), or None."""
+        for name, check in self._requirements.items():
+            if name not in exempt and not await _call(check, user):
+                return name
+        return None
+
+    async def requirement_failed(self, name: str) -> Any:
+        """The handler's answer to a user who fails ``name``; without one, 403."""
+        if self._requirement_failed_callback is not None:
+            return await _call(self._requirement_failed_callback, name)
+        raise Forbidden()
 
     # -- per-request resolution --------------------------------------------------
 

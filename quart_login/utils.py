@@ -151,13 +151,45 @@ def _exempt() -> bool:
     return exempt_method or bool(config["LOGIN_DISABLED"])
 
 
+_EXEMPT_ATTR = "_quart_login_exempt_from"
+
+
+def exempt_from(*names: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Let a ``login_required`` view skip the requirements ``names`` (``LoginManager.requirement``).
+
+    For the views that let a user meet a requirement, or leave::
+
+        @bp.post("/account/email/resend")
+        @login_required
+        @exempt_from("verified_email")
+        async def resend(): ...
+    """
+
+    def mark(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        setattr(func, _EXEMPT_ATTR, frozenset(getattr(func, _EXEMPT_ATTR, ())) | frozenset(names))
+        return func
+
+    return mark
+
+
+async def _unmet(wrapper: Callable[..., Any]) -> str | None:
+    return await app_login().manager.unmet_requirement(current_user, getattr(wrapper, _EXEMPT_ATTR, frozenset()))
+
+
 def login_required(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Run the view only for a logged-in user; anonymous clients get ``LoginManager.unauthorized()``."""
+    """Run the view only for a logged-in user who meets every requirement.
+
+    Anonymous clients get ``LoginManager.unauthorized()``; a user who fails a
+    requirement (``LoginManager.requirement``) gets ``requirement_failed(name)``.
+    """
 
     @wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        if not current_user.is_authenticated and not _exempt():
-            return await app_login().manager.unauthorized()
+        if not _exempt():
+            if not current_user.is_authenticated:
+                return await app_login().manager.unauthorized()
+            if (name := await _unmet(wrapper)) is not None:
+                return await app_login().manager.requirement_failed(name)
         return await current_app.ensure_async(func)(*args, **kwargs)
 
     return wrapper
@@ -172,6 +204,8 @@ def fresh_login_required(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitab
             manager = app_login().manager
             if not current_user.is_authenticated:
                 return await manager.unauthorized()
+            if (name := await _unmet(wrapper)) is not None:
+                return await manager.requirement_failed(name)
             if not login_fresh():
                 return await manager.needs_refresh()
         return await current_app.ensure_async(func)(*args, **kwargs)

@@ -38,7 +38,12 @@ async def test_api_register_then_me(client):
     await register_api(client, "alice")
     response = await client.get("/api/me")
     assert response.status_code == 200
-    assert await response.get_json() == {"id": 1, "username": "alice", "email": "alice@example.com"}
+    assert await response.get_json() == {
+        "id": 1,
+        "username": "alice",
+        "email": "alice@example.com",
+        "email_verified": False,
+    }
 
 
 async def test_api_register_normalises_email_domain(client):

@@ -27,6 +27,7 @@ def test_create_app_reads_the_environment(monkeypatch, tmp_path):
     with pytest.raises(ConfigError):
         create_app()
     monkeypatch.setenv("QUART_APP_SECRET_KEY", "k" * 40)
+    monkeypatch.setenv("QUART_APP_MAIL_URL", "off")
     monkeypatch.setenv("QUART_APP_COOKIE_SECURE", "on")
     monkeypatch.setenv("QUART_APP_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/x.db")
     app = create_app()
@@ -222,8 +223,8 @@ def test_default_hash_workers_never_exceed_the_queue(monkeypatch):
 
 
 def test_production_defaults_pass():
-    """Production with only a secret key: no contradiction among the defaults."""
-    settings = load_settings(environ={"QUART_APP_SECRET_KEY": "k" * 40})
+    """Production with only a secret key and mail turned off: no contradiction among the defaults."""
+    settings = load_settings(environ={"QUART_APP_SECRET_KEY": "k" * 40, "QUART_APP_MAIL_URL": "off"})
     assert settings.is_production and settings.trusted_origins == frozenset()
 
 

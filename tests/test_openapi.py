@@ -40,8 +40,19 @@ OPERATIONS = [
     "GET /api/sessions",
     "DELETE /api/sessions/{session_id}",
     "POST /api/sessions/revoke-others",
+    "POST /api/password/forgot",
+    "POST /api/password/reset",
+    "POST /api/email/verify",
+    "POST /api/email/resend",
+    "POST /api/email",
 ]
-PUBLIC = {"POST /api/register", "POST /api/login"}
+PUBLIC = {
+    "POST /api/register",
+    "POST /api/login",
+    "POST /api/password/forgot",
+    "POST /api/password/reset",
+    "POST /api/email/verify",
+}
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

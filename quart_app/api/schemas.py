@@ -91,7 +91,40 @@ class PasswordChangeRequest(BaseModel):
     new_password: Password
 
 
+class ForgotPasswordRequest(BaseModel):
+    """The address of the account: answered 202 whether an account uses it or not."""
+
+    email: str = Field(min_length=1, json_schema_extra={"format": "email"}, examples=["alice@example.com"])
+
+
+Token = Annotated[str, Field(min_length=1, description="The token of the mailed link (the last part of its path).")]
+
+
+class ResetPasswordRequest(BaseModel):
+    """The reset link's token and the new password."""
+
+    token: Token
+    new_password: Password
+
+
+class VerifyEmailRequest(BaseModel):
+    """The token of a verification or change-of-address link."""
+
+    token: Token
+
+
+class EmailChangeRequest(BaseModel):
+    """The current password and the new address (it changes once the link mailed to it is confirmed)."""
+
+    current_password: str = Field(min_length=1)
+    new_email: Email
+
+
 # -- responses -----------------------------------------------------------------
+
+
+class Accepted(BaseModel):
+    """Accepted: a message is on its way (or, for a reset request, no account uses the address: the same answer)."""
 
 
 class PublicUser(BaseModel):
@@ -100,6 +133,12 @@ class PublicUser(BaseModel):
     id: int
     username: str
     email: str
+
+
+class Me(PublicUser):
+    """The logged-in user, with whether the address is verified."""
+
+    email_verified: bool = Field(description="Whether the address was confirmed by a mailed link.")
 
 
 class SessionInfo(BaseModel):

@@ -10,15 +10,21 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..auth import current_user, login_required, logout_user, service
+from ..auth import current_user, exempt_from, login_required, logout_user, recovery, service
 from ..exceptions import HTTPError
 from ..models import MAX_ID
 from .schemas import (
+    Accepted,
+    EmailChangeRequest,
+    ForgotPasswordRequest,
     LoginRequest,
+    Me,
     PasswordChangeRequest,
     PublicUser,
     RegisterRequest,
+    ResetPasswordRequest,
     SessionInfo,
+    VerifyEmailRequest,
     body,
     errors,
     needs_login,
@@ -195,6 +201,7 @@ async def login():
 @no_content
 @errors(400, 401, 403, 413, 415, 503)
 @login_required
+@exempt_from("verified_email")
 async def logout():
     """End this session on the server: 204."""
     await json_body(optional=True)
@@ -204,12 +211,12 @@ async def logout():
 
 @bp.get("/me")
 @needs_login
-@returns(PublicUser, 200)
-@errors(401, 503)
+@returns(Me, 200)
+@errors(401, 403, 503)
 @login_required
 async def me():
-    """The logged-in user."""
-    return current_user.public(), 200
+    """The logged-in user, and whether the address is verified."""
+    return {**current_user.public(), "email_verified": current_user.email_verified}, 200
 
 
 @bp.post("/password")
@@ -256,3 +263,76 @@ async def revoke_other_sessions():
     await json_body(optional=True)
     await service.revoke_other_sessions(current_user._get_current_object())
     return Response(status=204)
+
+
+# -- mailed links (auth/recovery.py); 404 while QUART_APP_MAIL_URL is off ----------------
+
+
+@bp.post("/password/forgot")
+@body(ForgotPasswordRequest)
+@returns(Accepted, 202)
+@errors(400, 403, 404, 413, 415, 429, 503)
+@recovery.mail_required
+async def forgot_password():
+    """Ask for a reset link: 202 whether an account uses the address or not (only an active one gets mail)."""
+    await recovery.request_reset(await json_body())
+    return {}, 202
+
+
+@bp.post("/password/reset")
+@body(ResetPasswordRequest)
+@no_content
+@errors(400, 403, 404, 413, 415, 429, 503)
+@recovery.mail_required
+async def reset_password():
+    """Set a new password with a reset link's token: 204; every session of the user ends."""
+    data = await json_body()
+    token = data.get("token")
+    if not isinstance(token, str) or not token:
+        raise HTTPError(400, recovery.LINK_DEAD, fields={"token": "This field is required."})
+    await recovery.reset_password(token, data)
+    if current_user.is_authenticated:
+        await logout_user()  # (its session was revoked with every other)
+    return Response(status=204)
+
+
+@bp.post("/email/verify")
+@body(VerifyEmailRequest)
+@no_content
+@errors(400, 403, 404, 409, 413, 415, 429, 503)
+@recovery.mail_required
+async def verify_email():
+    """Confirm an address with a verification (or change-of-address) link's token: 204."""
+    token = (await json_body()).get("token")
+    if not isinstance(token, str) or not token:
+        raise HTTPError(400, recovery.LINK_DEAD, fields={"token": "This field is required."})
+    await recovery.verify_email(token)
+    return Response(status=204)
+
+
+@bp.post("/email/resend")
+@needs_login
+@returns(Accepted, 202)
+@errors(400, 401, 403, 404, 409, 413, 415, 429, 503)
+@recovery.mail_required
+@login_required
+@exempt_from("verified_email")
+async def resend_verification():
+    """Mail a new verification link: 202; 409 when the address is already verified."""
+    await json_body(optional=True)
+    await recovery.resend_verification(current_user._get_current_object())
+    return {}, 202
+
+
+@bp.post("/email")
+@needs_login
+@body(EmailChangeRequest)
+@returns(Accepted, 202)
+@errors(400, 401, 403, 404, 409, 413, 415, 429, 503)
+@recovery.mail_required
+@login_required
+@exempt_from("verified_email")
+async def change_email():
+    """Ask to change the address: 202; a link goes to the new address, a notice to the old one."""
+    await recovery.request_email_change(current_user._get_current_object(), await json_body())
+    return {}, 202

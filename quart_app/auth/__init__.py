@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Quart, session
+from quart import Quart, has_request_context, session
 
 from quart_login import (
     AnonymousUserMixin,
     LoginManager,
     current_auth_session,
     current_user,
+    exempt_from,
     fresh_login_required,
     login_required,
     login_user,
@@ -31,6 +32,7 @@ from ..core.csrf import SESSION_KEY as CSRF_SESSION_KEY
 from ..db import Database
 from ..errors import wants_json
 from ..exceptions import HTTPError
+from ..rendering import render
 from .events import record
 from .sessions import EXTENSION as STORE_EXTENSION
 from .sessions import make_store
@@ -39,6 +41,7 @@ __all__ = [
     "AnonymousUser",
     "current_auth_session",
     "current_user",
+    "exempt_from",
     "fresh_login_required",
     "init_app",
     "login_required",
@@ -47,12 +50,18 @@ __all__ = [
 ]
 
 
+# The requirement QUART_APP_REQUIRE_VERIFIED_EMAIL adds (views that let a user meet it are exempt_from it).
+VERIFIED_EMAIL = "verified_email"
+EMAIL_NOT_VERIFIED = "Email address not verified."
+
+
 class AnonymousUser(AnonymousUserMixin):
     """The user of a request without a valid session: every attribute a page reads is safe."""
 
     id = None
     username = ""
     email = ""
+    email_verified = False
 
     def __bool__(self) -> bool:
         return False
@@ -98,6 +107,19 @@ def init_app(app: Quart, settings: Settings, database: Database) -> LoginManager
         if wants_json():
             raise HTTPError(401, settings.NEEDS_REFRESH_MESSAGE)
         return await manager.redirect_to_refresh()
+
+    if settings.REQUIRE_VERIFIED_EMAIL:
+
+        @manager.requirement(VERIFIED_EMAIL)
+        def _verified(user: Any) -> bool:
+            return bool(getattr(user, "email_verified", False))
+
+        @manager.requirement_failed_handler
+        async def _requirement_failed(name: str) -> Any:
+            # Answered like a missing login: 403 JSON, or a page that says so (with a resend button).
+            if not has_request_context() or wants_json():
+                raise HTTPError(403, EMAIL_NOT_VERIFIED)
+            return await render("email_unverified.html", message=EMAIL_NOT_VERIFIED), 403
 
     user_logged_in.connect(_on_login, sender=app)
     user_logged_out.connect(_on_logout, sender=app)

@@ -36,11 +36,25 @@ session_revoked = _signals.signal("session-revoked")
 login_throttled = _signals.signal("login-throttled")
 user_deactivated = _signals.signal("user-deactivated")
 user_activated = _signals.signal("user-activated")
+# Mailed links (auth/recovery.py) and the outbox (quart_app/mail/).
+password_reset_requested = _signals.signal("password-reset-requested")
+password_reset = _signals.signal("password-reset")
+verification_sent = _signals.signal("verification-sent")
+email_verified = _signals.signal("email-verified")
+email_change_requested = _signals.signal("email-change-requested")
+email_changed = _signals.signal("email-changed")
+mail_failed = _signals.signal("mail-failed")
 
 __all__ = [
     "audit",
+    "email_change_requested",
+    "email_changed",
+    "email_verified",
     "login_throttled",
+    "mail_failed",
     "password_changed",
+    "password_reset",
+    "password_reset_requested",
     "record",
     "session_revoked",
     "user_activated",
@@ -49,6 +63,7 @@ __all__ = [
     "user_logged_out",
     "user_login_failed",
     "user_registered",
+    "verification_sent",
 ]
 
 SIGNALS = {
@@ -59,6 +74,13 @@ SIGNALS = {
     "throttled": login_throttled,
     "deactivated": user_deactivated,
     "activated": user_activated,
+    "reset_requested": password_reset_requested,
+    "password_reset": password_reset,
+    "verification_sent": verification_sent,
+    "email_verified": email_verified,
+    "email_change_requested": email_change_requested,
+    "email_changed": email_changed,
+    "mail_failed": mail_failed,
 }
 
 

@@ -15,8 +15,11 @@ from quart_login import confirm_login, current_auth_session, login_user, logout_
 from ..core.security import Verdict, get_hasher
 from ..db import commit_pending, get_db, run_unit
 from ..exceptions import HTTPError
+from ..mail import queue_mail
 from ..models import User
+from . import recovery
 from .events import audit
+from .passwords import check_new_password
 from .sessions import describe, get_store
 from .throttle import Attempt, Throttled, get_throttle, keys_for
 from .validation import email_key, login_key, validate_credentials, validate_password_change, validate_registration
@@ -79,6 +82,7 @@ async def _taken_message(username: str, email: str) -> str | None:
 async def create_user(data: Mapping[str, Any]) -> User:
     """Validate, hash off the loop and store a new user (400 / 409 on failure); the caller audits."""
     form = validate_registration(data)
+    await check_new_password(form.password, username=form.username, email=form.email, field="password")
     # A cheap pre-check spares a hash for names that are obviously taken; the
     # unique indexes below remain the authority when two requests race.
     if message := await _taken_message(form.username, form.email):
@@ -95,6 +99,9 @@ async def create_user(data: Mapping[str, Any]) -> User:
     )
     db.add(user)
     try:
+        await db.flush()
+        # The verification link is queued with the account, in its transaction.
+        await recovery.queue_verification(db, user)
         await db.commit()
     except IntegrityError:
         await db.rollback()
@@ -213,6 +220,7 @@ async def _upgrade_hash(user: User, password: str) -> None:
 async def change_password(user: User, data: Mapping[str, Any]) -> None:
     """Check the current password, store the new one, revoke every other session, re-issue this one."""
     change = validate_password_change(data)
+    await check_new_password(change.new_password, username=user.username, email=user.email, field="new_password")
     await check_password(user, change.current_password, field="current_password", purpose="password change")
     hasher = get_hasher()
     new_hash = await hasher.hash(change.new_password)
@@ -223,6 +231,10 @@ async def change_password(user: User, data: Mapping[str, Any]) -> None:
     # Every other session dies with the change; this one goes on with a new
     # secret, so a copy of its cookie taken before the change is dead too.
     revoked = await get_store().revoke_user(user.id, keep=current.id if current else None, db=db)
+    # Reset links mailed before the change die with it, and so does a pending change of address.
+    await recovery.end_tokens(db, user.id, recovery.RESET, recovery.EMAIL_CHANGE)
+    notice = {"username": user.username}
+    await queue_mail(db, to=user.email, template="password_changed", context=notice, user_id=user.id)
     audit("password_changed", user, detail=f"{revoked} other session(s) revoked")
     await db.commit()
     if current is not None and await rotate_session():

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_login import utcnow
 
-from ..core.config import Settings, parse_limit
+from ..core.config import Limit, Settings, parse_limit
 from ..db import get_database
 from ..models import LoginThrottle
 
@@ -363,3 +363,47 @@ class Throttle:
             return writes, None
 
         await self.store.transact(self._keys(keys), now, self._forget, decide)
+
+
+class RateLimited(Throttled):
+    """A rate limit (``Throttle.hit``) refused this request."""
+
+
+def limit_key(kind: str, value: str) -> str:
+    """A fixed-size key for a rate limit on ``value`` (an address, an IP, a user id), hashed like the login's."""
+    return f"{kind[:8]}:{_digest(value)}"
+
+
+async def _hit(throttle: Throttle, key: str, limit: Limit, *, count: bool) -> None:
+    now = utcnow()
+
+    def decide(entries: dict[str, Entry]) -> tuple[Writes | None, int | None]:
+        entry = entries.get(key, EMPTY)
+        if entry.locked_until is not None and entry.locked_until > now:
+            return None, max(1, math.ceil((entry.locked_until - now).total_seconds()))
+        if not count:
+            return None, None
+        failures = entry.failures + 1
+        lock = now + timedelta(seconds=limit.period) if failures >= limit.attempts else None
+        return {key: Entry(failures, lock, entry.pending, entry.pending_at)}, None
+
+    wait = await throttle.store.transact([key], now, timedelta(seconds=limit.period), decide)
+    if wait is not None:
+        raise RateLimited(wait)
+
+
+async def hit(key: str, limit: Limit | None) -> None:
+    """Count one request on ``key`` under ``limit`` (every one counts); ``RateLimited`` while over it.
+
+    ``limit.attempts`` requests pass, the last of them starts a lock of
+    ``limit.period``; the count is forgotten ``limit.period`` after the last
+    request. Nothing is counted while locked. ``None``: no limit.
+    """
+    if limit is not None:
+        await _hit(get_throttle(), key, limit, count=True)
+
+
+async def check(key: str, limit: Limit | None) -> None:
+    """``RateLimited`` if ``key`` is locked under ``limit``, counting nothing (then ``hit`` on a failure)."""
+    if limit is not None:
+        await _hit(get_throttle(), key, limit, count=False)

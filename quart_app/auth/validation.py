@@ -125,6 +125,30 @@ def _password_problem(password: str) -> str | None:
     return None
 
 
+def text_field(data: Mapping[str, Any], name: str, errors: dict[str, str], *, strip: bool) -> str:
+    """The text field ``name`` of ``data``; what is wrong with it goes into ``errors`` (the value is then "")."""
+    return _text(data, name, errors, strip=strip)
+
+
+def password_problem(password: str) -> str | None:
+    """Why ``password`` breaks the length rule (8 to 1024 characters), or None."""
+    return _password_problem(password)
+
+
+def valid_email(email: str, name: str, errors: dict[str, str]) -> str:
+    """The normalized address, or the reason it is refused in ``errors[name]`` (the rule of registration)."""
+    try:
+        email = validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        errors[name] = f"Enter a valid email address ({exc})."
+        return email
+    if len(email) > EMAIL_MAX:
+        errors[name] = f"Email must be at most {EMAIL_MAX} characters."
+    elif len(email_key(email)) > EMAIL_KEY_MAX:  # (letters that expand under NFKC, as U+FDFA)
+        errors[name] = "Email is too long once normalized."
+    return email
+
+
 def validate_registration(data: Mapping[str, Any]) -> Registration:
     errors: dict[str, str] = {}
     username = _text(data, "username", errors, strip=True)
@@ -134,15 +158,7 @@ def validate_registration(data: Mapping[str, Any]) -> Registration:
     if "username" not in errors and not USERNAME_RE.fullmatch(username):
         errors["username"] = "Username must be 3 to 32 characters: letters, digits, '_', '.' or '-'."
     if "email" not in errors:
-        try:
-            email = validate_email(email, check_deliverability=False).normalized
-        except EmailNotValidError as exc:
-            errors["email"] = f"Enter a valid email address ({exc})."
-        else:
-            if len(email) > EMAIL_MAX:
-                errors["email"] = f"Email must be at most {EMAIL_MAX} characters."
-            elif len(email_key(email)) > EMAIL_KEY_MAX:  # (letters that expand under NFKC, as U+FDFA)
-                errors["email"] = "Email is too long once normalized."
+        email = valid_email(email, "email", errors)
     if "password" not in errors and (problem := _password_problem(password)):
         errors["password"] = problem
     if errors:

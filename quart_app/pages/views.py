@@ -6,8 +6,9 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, flash, redirect, request, url_for
 
-from ..auth import current_auth_session, current_user, login_required, logout_user, service
+from ..auth import current_auth_session, current_user, exempt_from, login_required, logout_user, recovery, service
 from ..auth.validation import ValidationError
+from ..core.config import get_settings
 from ..core.csrf import UNSAFE_METHODS, require_csrf_token
 from ..exceptions import HTTPError
 from ..models import MAX_ID
@@ -92,6 +93,7 @@ async def login():
 
 
 @bp.post("/logout")
+@exempt_from("verified_email")
 async def logout():
     """End the session on the server and clear the cookie (POST only, CSRF-checked)."""
     if not current_user.is_authenticated:
@@ -133,12 +135,17 @@ async def reauthenticate():
     return redirect(safe_next(next_page))
 
 
+async def _account_page(status: int = 200, **context):
+    listed = await service.list_sessions(current_user._get_current_object())
+    context.setdefault("errors", {})
+    return await render("account.html", sessions=listed, **context), status
+
+
 @bp.get("/account")
 @login_required
 async def account():
-    """The change-password form and this user's active sessions, each with a revoke button."""
-    listed = await service.list_sessions(current_user._get_current_object())
-    return await render("account.html", sessions=listed, errors={})
+    """The address (verified or not, a form to change it), the change-password form, the active sessions."""
+    return await _account_page()
 
 
 @bp.post("/account/password")
@@ -179,4 +186,116 @@ async def revoke_other_sessions():
     """Log out everywhere else."""
     count = await service.revoke_other_sessions(current_user._get_current_object())
     await flash(f"Logged out {count} other session(s).", "info")
+    return redirect(url_for("pages.account"))
+
+
+# -- mailed links: password reset, verification, change of address (auth/recovery.py) --------
+
+
+@bp.route("/forgot-password", methods=["GET", "POST"])
+@recovery.mail_required
+async def forgot_password():
+    """Ask for a reset link: the same page, known address or not (a link goes only to an active account)."""
+    expires_in = recovery.expires_in(get_settings().RESET_TOKEN_TTL)
+    if request.method == "GET":
+        return await render("forgot_password.html", values={}, errors={}, expires_in=expires_in)
+    form = await request.form
+    values = {"email": form.get("email", "")}
+    try:
+        await recovery.request_reset(form)
+    except HTTPError as exc:
+        page = await render(
+            "forgot_password.html", values=values, errors=exc.fields or {}, message=exc.message, expires_in=expires_in
+        )
+        return page, exc.status, exc.headers
+    return await render("forgot_password.html", values={}, errors={}, sent=recovery.RESET_SENT, expires_in=expires_in)
+
+
+async def _dead_link(template: str, status: int = 400, message: str = recovery.LINK_DEAD, headers=None):
+    return await render(template, dead=message), status, headers or {}
+
+
+@bp.route("/reset-password/<token>", methods=["GET", "POST"])
+@recovery.mail_required
+async def reset_password(token: str):
+    """The new-password form of a live reset link; the POST sets it, ends every session, goes to the login."""
+    try:
+        link = await recovery.find_link(token, recovery.RESET)
+    except HTTPError as exc:  # throttled
+        return await _dead_link("reset_password.html", exc.status, exc.message, exc.headers)
+    if link is None:
+        return await _dead_link("reset_password.html")
+    if request.method == "GET":
+        return await render("reset_password.html", token=token, username=link.user.username, errors={})
+    form = await request.form
+    try:
+        await recovery.reset_password(token, form)
+    except HTTPError as exc:
+        if exc.fields:
+            page = await render(
+                "reset_password.html", token=token, username=link.user.username, errors=exc.fields, message=exc.message
+            )
+            return page, exc.status, exc.headers
+        return await _dead_link("reset_password.html", exc.status, exc.message, exc.headers)
+    if current_user.is_authenticated:
+        await logout_user()  # (its session was revoked with every other)
+    await flash("Your password has been changed. Log in with the new one.", "success")
+    return redirect(url_for("pages.login"))
+
+
+@bp.route("/verify-email/<token>", methods=["GET", "POST"])
+@recovery.mail_required
+async def verify_email(token: str):
+    """A confirm button for a live verification (or change-of-address) link; the POST confirms the address."""
+    if request.method == "GET":
+        try:
+            link = await recovery.find_link(token, recovery.VERIFY, recovery.EMAIL_CHANGE)
+        except HTTPError as exc:
+            return await _dead_link("verify_email.html", exc.status, exc.message, exc.headers)
+        if link is None:
+            return await _dead_link("verify_email.html")
+        return await render("verify_email.html", token=token, email=link.token.email, username=link.user.username)
+    try:
+        user = await recovery.verify_email(token)
+    except HTTPError as exc:
+        return await _dead_link("verify_email.html", exc.status, exc.message, exc.headers)
+    await flash(f"Thank you: {user.email} is verified.", "success")
+    return redirect(url_for("pages.index"))
+
+
+@bp.post("/account/email/resend")
+@recovery.mail_required
+@login_required
+@exempt_from("verified_email")
+async def resend_verification():
+    """Mail a new verification link (throttled); 409 when the address is already verified."""
+    try:
+        await recovery.resend_verification(current_user._get_current_object())
+    except HTTPError as exc:
+        return await _account_page(exc.status, message=exc.message)
+    await flash(f"A new link is on its way to {current_user.email}.", "info")
+    return redirect(url_for("pages.account"))
+
+
+@bp.post("/account/email")
+@recovery.mail_required
+@login_required
+@exempt_from("verified_email")
+async def change_email():
+    """Ask to change the address: it changes when the new address's link is confirmed."""
+    form = await request.form
+    try:
+        new_email = await recovery.request_email_change(current_user._get_current_object(), form)
+    except HTTPError as exc:
+        if not current_user.is_authenticated:  # too many wrong passwords ended this session
+            await flash(exc.message, "error")
+            return redirect(url_for("pages.login"))
+        page, status = await _account_page(
+            exc.status,
+            email_errors=exc.fields or {},
+            values={"new_email": form.get("new_email", "")},
+            message=exc.message,
+        )
+        return page, status, exc.headers
+    await flash(f"Open the link we mailed to {new_email} to make it your address.", "info")
     return redirect(url_for("pages.account"))
