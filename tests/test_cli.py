@@ -115,3 +115,15 @@ def test_unknown_user_is_a_clear_error(cli_app, command):
     result = invoke(cli_app, command, "nobody")
     assert result.exit_code == 1
     assert "no user named 'nobody'" in result.output
+
+
+def test_verify_email_marks_the_address_verified(cli_app, database):
+    """users verify-email USERNAME: an administrator's verification, no link needed."""
+    invoke(cli_app, "create", "carol", "carol@example.com", input="a long password\n")
+    assert rows(database, "SELECT email_verified FROM users") == [(False,)]
+    result = invoke(cli_app, "verify-email", "carol")
+    assert result.exit_code == 0, result.output
+    assert "Verified carol@example.com for carol." in result.output
+    assert rows(database, "SELECT email_verified FROM users") == [(True,)]
+    unknown = invoke(cli_app, "verify-email", "nobody")
+    assert unknown.exit_code == 1 and "nobody" in unknown.output

@@ -20,7 +20,7 @@ INSTANCE_PATH = PROJECT_ROOT / "instance"
 
 
 # Numbers that may be 0 (every other one must be positive).
-_ZERO_ALLOWED = frozenset({"PROXY_HOPS", "DB_MAX_OVERFLOW"})
+_ZERO_ALLOWED = frozenset({"PROXY_HOPS", "DB_MAX_OVERFLOW", "FORGOT_PASSWORD_MIN_TIME"})
 
 
 class ConfigError(RuntimeError):
