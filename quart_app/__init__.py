@@ -9,7 +9,7 @@ from typing import Any
 from hypercorn.middleware import ProxyFixMiddleware
 from quart import Quart
 
-from . import auth, serving, speedups
+from . import auth, mail, serving, speedups
 from .api import docs as api_docs
 from .api.views import bp as api_bp
 from .auth.throttle import Throttle
@@ -21,6 +21,7 @@ from .db import Database
 from .errors import register_error_handlers
 from .live import bp as live_bp
 from .mail import mail_enabled
+from .mail.cli import register_mail_cli
 from .pages.views import bp as pages_bp
 
 __all__ = ["create_app"]
@@ -55,6 +56,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
 
     database = Database(settings)
     database.init_app(app)
+    mail.init_app(app, settings, database)
     security.init_app(app, settings)
     csrf.init_app(app)
     login_manager = auth.init_app(app, settings, database)
@@ -67,6 +69,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(live_bp)
     headers.init_app(app)
     register_cli(app)
+    register_mail_cli(app)
     serving.install(app)
     speedups.install(app, settings, database=database, store=login_manager.store)
     if settings.PROXY_HOPS:
