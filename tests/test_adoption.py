@@ -828,3 +828,17 @@ def test_downgrade_of_email_key_drops_it_and_upgrade_fills_it_again(grown):
     alembic("upgrade", "head", url=grown.url)
     assert grown.rows("SELECT id, email_key FROM users ORDER BY id") == keys
     assert flask_values(grown) == values
+
+
+@SQLITE_FILES
+async def test_adopted_accounts_start_unverified_and_keep_working(adopted):
+    """email_verified is false for every adopted row; the account logs in and reaches its pages all the same."""
+    assert query(adopted, "SELECT email_verified FROM users") == [(0,)] * len(FLASK_USERS)
+    user_id, username, email, password, _ = FLASK_USERS[0]
+    async with serving(adopted) as client:
+        status, _ = await api_login(client, username, password)
+        assert status == 200
+        me = await client.get("/api/me")
+        assert me.status_code == 200
+        assert await me.get_json() == {"id": user_id, "username": username, "email": email, "email_verified": False}
+        assert (await client.get("/dashboard")).status_code == 200
