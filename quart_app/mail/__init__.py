@@ -69,7 +69,7 @@ async def queue_mail(
 ) -> None:
     """Queue a message in ``db``'s transaction; the caller commits (or rolls back, and nothing is sent).
 
-    Renders templates/mail/<template>.txt (first line ``Subject: ...``) and
+    Renders templates/mail/<template>.txt (which sets ``subject``) and
     .html with ``context`` plus ``public_url`` and ``app_name``, encrypts
     the parts and adds the row. Once ``db`` commits, this worker's sender is
     woken; the request never waits for delivery. A no-op when mail is off. A

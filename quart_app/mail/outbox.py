@@ -184,19 +184,24 @@ class Mailer:
     # -- queueing -----------------------------------------------------------
 
     async def compose(self, template: str, context: Mapping[str, Any]) -> dict[str, str]:
-        """The message's parts from templates/mail/<template>.txt (its first line ``Subject: ...``) and .html."""
+        """The message's parts from templates/mail/<template>.txt and .html (the .txt sets ``subject``).
+
+        The subject is a variable of the text template (``{% set subject %}...{% endset %}``),
+        never a line of its output: text in the context can break lines of the body, not
+        reach a header.
+        """
         if not _TEMPLATE_RE.fullmatch(template):
             raise ValueError(f"not a mail template name: {template!r}")
         values = {**context, "public_url": self.settings.PUBLIC_URL, "app_name": APP_NAME}
         env = current_app.jinja_env
-        text = await env.get_template(f"mail/{template}.txt").render_async(values)
+        text = await env.get_template(f"mail/{template}.txt").make_module_async(values)
+        subject = one_line(str(getattr(text, "subject", "")))
+        if not subject:
+            raise ValueError(f"templates/mail/{template}.txt sets no subject ({{% set subject %}}...{{% endset %}})")
         html = await env.get_template(f"mail/{template}.html").render_async(values)
-        first, _, body = text.lstrip("\n").partition("\n")
-        if not first.startswith("Subject:"):
-            raise ValueError(f"templates/mail/{template}.txt must begin with a line 'Subject: ...'")
         return {
-            "subject": one_line(first.removeprefix("Subject:")),
-            "text": body.lstrip("\n").rstrip() + "\n",
+            "subject": subject,
+            "text": str(text).strip("\n").rstrip() + "\n",
             "html": html.strip() + "\n",
             **new_headers(self.settings.MAIL_FROM),
         }

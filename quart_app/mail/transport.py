@@ -177,12 +177,18 @@ class SMTPTransport:
                 refused.code >= 500 for refused in error.recipients
             )
             raise DeliveryFailed(_summary(error, (self.mail.password,)), permanent=permanent) from None
+        except BaseException:  # cancelled (the sender stops): the connection is dropped, the message not sent
+            client.close()
+            raise
         # Accepted: it is sent, whatever QUIT does.
         try:
             async with asyncio.timeout(QUIT_TIMEOUT):
                 await client.quit()
         except Exception:
             client.close()
+        except BaseException:
+            client.close()
+            raise
 
 
 class ConsoleTransport:
