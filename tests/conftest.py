@@ -202,3 +202,46 @@ def redis_server(tmp_path_factory):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# -- mail: a real SMTP server (tests/smtp_server.py) and an app that sends to it -----------------------
+
+# Mail settings for tests: retries and polls fast, a delivery bounded at 5 s.
+MAIL_TEST_SETTINGS = {
+    "MAIL_FROM": "Quart App <no-reply@example.com>",
+    "PUBLIC_URL": "https://app.example.com",
+    "MAIL_RETRY_DELAY": 0.2,
+    "MAIL_RETRY_DELAY_MAX": 1.0,
+    "MAIL_POLL_INTERVAL": 0.2,
+    "MAIL_SEND_TIMEOUT": 5,
+}
+
+
+def mail_settings(server, **overrides) -> dict:
+    """Settings for an app that mails to ``server`` (an SMTPServer), MAIL_TEST_SETTINGS and ``overrides`` on top."""
+    return {"MAIL_URL": server.url, **MAIL_TEST_SETTINGS, **overrides}
+
+
+@pytest.fixture
+def smtp_server():
+    """aiosmtpd on 127.0.0.1 (a free port), collecting messages: ``await smtp_server.wait_for(1)``."""
+    from smtp_server import SMTPServer
+
+    server = SMTPServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def mail_app(make_app, smtp_server):
+    """A served app (its mail sender running) that mails to ``smtp_server``, with MAIL_TEST_SETTINGS."""
+    app = make_app(**mail_settings(smtp_server))
+    async with app.test_app():
+        yield app
+
+
+@pytest.fixture
+def mail_client(mail_app):
+    return mail_app.test_client()
