@@ -532,10 +532,11 @@ def test_adoption_of_grown_flask_database_keeps_every_value_and_table(grown):
     assert [version for (version,) in grown.rows("SELECT version_num FROM alembic_version")] == [HEAD]
     assert flask_values(grown) == values
     assert definition(grown, "notes") == notes
-    # users keeps its columns as they were; only is_active (true for everyone) and email_key are added.
+    # users keeps its columns as they were; only is_active (true for everyone), email_key and email_verified are added.
     after = definition(grown, "users")
     assert after["columns"][: len(users["columns"])] == users["columns"]
-    assert [column[0] for column in after["columns"][len(users["columns"]) :]] == ["is_active", "email_key"]
+    added = [column[0] for column in after["columns"][len(users["columns"]) :]]
+    assert added == ["is_active", "email_key", "email_verified"]
     assert users["constraints"] <= after["constraints"]
     assert grown.rows("SELECT count(*) FROM users WHERE is_active = ?", True) == [(len(FLASK_USERS),)]
     assert {"notes", "auth_sessions", "auth_events", "login_throttle"} <= table_names(grown)
