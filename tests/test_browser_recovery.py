@@ -4,10 +4,10 @@ Forgot password → the mailed link → a new password → log in with it; a
 change of address → the link mailed to the new address → Confirm. The links
 are opened exactly as mailed: the server's PUBLIC_URL is its own loopback
 address. Pages visited are saved under test-output/screenshots/ as in
-test_browser.py; with QUART_APP_SCREENSHOT_DIR set (e.g. to docs/images), the
+test_browser.py; with QUART_APP_SCREENSHOT_DIR set (e.g. to docs/screenshots), the
 reset-password form is also saved there as reset-password.png:
 
-    QUART_APP_SCREENSHOT_DIR=docs/images .venv/bin/python -m pytest -q tests/test_browser_recovery.py -k screenshot
+    QUART_APP_SCREENSHOT_DIR=docs/screenshots .venv/bin/python -m pytest -q tests/test_browser_recovery.py -k screenshot
 """
 
 from __future__ import annotations
