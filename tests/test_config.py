@@ -302,3 +302,70 @@ async def test_trusted_origins_are_honoured_by_the_post_check(make_app, headers,
         else:
             assert response.status_code == 403
             assert await response.get_json() == {"error": "Cross-site requests are not allowed."}
+
+
+# -- mail ------------------------------------------------------------------------------------------
+
+PRODUCTION = {"QUART_APP_SECRET_KEY": "k" * 40}
+SMTP = {**PRODUCTION, "QUART_APP_MAIL_URL": "smtp+starttls://user:p%40ss@smtp.example.com"}
+
+
+def test_production_without_a_mail_url_stops_with_a_clear_message():
+    with pytest.raises(ConfigError, match="QUART_APP_MAIL_URL is not set"):
+        load_settings(environ=PRODUCTION)
+
+
+def test_console_mail_is_refused_in_production():
+    with pytest.raises(ConfigError, match="console"):
+        load_settings(environ={**PRODUCTION, "QUART_APP_MAIL_URL": "console"})
+
+
+@pytest.mark.parametrize("missing", ["QUART_APP_MAIL_FROM", "QUART_APP_PUBLIC_URL"])
+def test_production_mail_needs_a_sender_and_a_public_url(missing):
+    environ = {
+        **SMTP,
+        "QUART_APP_MAIL_FROM": "Example <no-reply@example.com>",
+        "QUART_APP_PUBLIC_URL": "https://x.example",
+    }
+    del environ[missing]
+    with pytest.raises(ConfigError, match=missing):
+        load_settings(environ=environ)
+
+
+def test_an_smtp_url_is_parsed_and_never_shows_its_password():
+    settings = load_settings(
+        environ={**SMTP, "QUART_APP_MAIL_FROM": "no-reply@example.com", "QUART_APP_PUBLIC_URL": "https://x.example/"}
+    )
+    mail = settings.mail
+    assert (mail.mode, mail.host, mail.port, mail.username, mail.password) == (
+        "smtp+starttls",
+        "smtp.example.com",
+        587,
+        "user",
+        "p@ss",
+    )
+    assert "p@ss" not in repr(mail) and settings.PUBLIC_URL == "https://x.example"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAIL_URL", "http://smtp.example.com"),
+        ("MAIL_URL", "smtp://"),
+        ("MAIL_URL", "smtp://host:99999"),
+        ("MAIL_FROM", "not an address"),
+        ("MAIL_FROM", "a@example.com\r\nBcc: x@example.com"),
+        ("PUBLIC_URL", "example.com"),
+        ("PUBLIC_URL", "https://example.com/?next=x"),
+        ("FORGOT_PASSWORD_RATE_LIMIT", "often"),
+        ("PWNED_PASSWORDS_URL", "ftp://x"),
+    ],
+)
+def test_malformed_mail_settings_stop_the_start(name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"ENV": "testing", name: value})
+
+
+def test_requiring_verified_addresses_without_mail_is_refused():
+    with pytest.raises(ConfigError, match="REQUIRE_VERIFIED_EMAIL"):
+        load_settings({"ENV": "testing", "MAIL_URL": "off", "REQUIRE_VERIFIED_EMAIL": True})

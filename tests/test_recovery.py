@@ -175,7 +175,11 @@ async def test_html_resend_redirects_to_the_account_page_with_a_flash(client, sm
     assert response.status_code == 302 and response.headers["Location"] == "/account"
     page = await (await client.get("/account")).get_data(as_text=True)
     assert "A new link is on its way to alice@example.com." in page
-    await mail_to(smtp_server, "alice@example.com", 2)
+    token = await verification_token(smtp_server, "alice@example.com", 2)
+    assert (await client.post("/api/email/verify", json={"token": token})).status_code == 204
+    form = {"csrf_token": await csrf_from(client, "/account")}
+    refused = await client.post("/account/email/resend", form=form)
+    assert refused.status_code == 409 and "already verified" in await refused.get_data(as_text=True)
 
 
 # -- password reset -------------------------------------------------------------------------
@@ -406,7 +410,7 @@ async def test_change_of_address_takes_effect_only_when_the_new_address_confirms
     assert (await api_login(smtp_app.test_client(), "alice@example.com", PASSWORD)).status_code == 401
 
 
-async def test_html_change_of_address_and_confirmation(client, smtp_server):
+async def test_html_change_of_address_and_confirmation(smtp_app, client, smtp_server):
     await register_api(client, "alice")
     form = {
         "current_password": PASSWORD,
@@ -425,6 +429,13 @@ async def test_html_change_of_address_and_confirmation(client, smtp_server):
     bad = {**form, "new_email": "not an address", "csrf_token": await csrf_from(client, "/account")}
     refused = await client.post("/account/email", form=bad)
     assert refused.status_code == 400 and "valid email address" in await refused.get_data(as_text=True)
+    wrong = {**form, "new_email": "alice@other.example", "current_password": "not my password"}
+    refused = await client.post("/account/email", form=wrong)
+    assert refused.status_code == 400 and "Current password is incorrect." in await refused.get_data(as_text=True)
+    await register_api(smtp_app.test_client(), "bob")
+    taken = {**form, "new_email": "Bob@Example.com"}
+    refused = await client.post("/account/email", form=taken)
+    assert refused.status_code == 409 and "Email already registered." in await refused.get_data(as_text=True)
 
 
 async def test_a_pending_change_dies_with_a_password_change(client, smtp_server):
