@@ -1033,3 +1033,58 @@ async def test_login_required_on_a_websocket_refuses_anonymous_handshakes(env):
         async with env.client().websocket("/ws/protected") as ws:
             await ws.receive()
     assert refused.value.response.status_code == 401
+
+
+# -- requirements: checks login_required makes of a logged-in user ----------------------
+
+
+def _requirement_routes(app: Quart, _maker) -> None:
+    @app.post("/leave")
+    @login_required
+    @quart_login.exempt_from("admin")
+    async def leave():
+        return "left"
+
+    @app.get("/fresh-admin")
+    @fresh_login_required
+    async def fresh_admin():
+        return "fresh admin"
+
+
+async def test_a_requirement_answers_its_handler_and_exempt_views_skip_it(make_env):
+    """``requirement`` runs on every login_required view; ``exempt_from`` opts one out; anonymous users get 401."""
+    manager = LoginManager()
+    failed: list[str] = []
+
+    @manager.requirement("admin")
+    async def is_admin(user) -> bool:
+        return user.is_admin
+
+    @manager.requirement_failed_handler
+    def refused(name: str):
+        failed.append(name)
+        return {"unmet": name}, 403
+
+    env = await make_env(manager=manager, routes=_requirement_routes)
+    anonymous = env.client()
+    assert (await anonymous.get("/protected")).status_code == 401
+    bob = env.client()
+    await env.login(bob, "bob")
+    for path in ("/protected", "/fresh-admin"):
+        response = await bob.get(path)
+        assert response.status_code == 403 and await response.get_json() == {"unmet": "admin"}
+    assert (await bob.post("/leave")).status_code == 200  # exempt
+    alice = env.client()
+    await env.login(alice, "alice")
+    assert (await alice.get("/protected")).status_code == 200
+    assert (await alice.get("/fresh-admin")).status_code == 200
+    assert failed == ["admin", "admin"]
+
+
+async def test_a_requirement_without_a_handler_is_403(make_env):
+    manager = LoginManager()
+    manager.requirement("admin")(lambda user: user.is_admin)
+    env = await make_env(manager=manager)
+    bob = env.client()
+    await env.login(bob, "bob")
+    assert (await bob.get("/protected")).status_code == 403
