@@ -152,7 +152,7 @@ PROTECTED_JSON_POSTS = {"/api/logout", "/api/password", "/api/sessions/revoke-ot
 # The nesting json_body accepts (quart_app/api/views.py: MAX_JSON_DEPTH).
 DEPTH_LIMIT = 32
 # (A password no strategy draws: a fuzzed /api/password cannot change it.)
-FUZZER = {"username": "fuzzer", "email": "fuzzer@example.com", "password": "the fuzzer keeps this one"}
+FUZZER = {"username": "fuzzer", "email": "fuzzer@example.com", "password": "the prober keeps this one"}
 
 
 async def client_for(app, database, path: str):
