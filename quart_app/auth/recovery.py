@@ -1,8 +1,8 @@
 """Links mailed to a user: password reset, address verification, change of address.
 
-A token is 256 random bits (``quart_login.new_token``) in the link; the
-database keeps only its SHA-256 (``email_tokens.digest``), with its purpose,
-the address it was sent to and its expiry. It is consumed by a POST only (mail
+A token (tokens.py) is 256 random bits in the link; the database keeps only
+its SHA-256 (``email_tokens.digest``), with its purpose, the address it was
+sent to and its expiry. It is consumed by a POST only (mail
 scanners follow links with GET) in one conditional UPDATE, so that two
 requests racing with one link cannot both use it. The message is queued in
 the outbox in the same transaction as the token (quart_app.mail).
@@ -18,7 +18,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -27,9 +27,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from quart_login import new_token, token_digest, utcnow
+from quart_login import token_digest, utcnow
 
-from ..core.config import Settings, get_settings, parse_limit
+from ..core.config import get_settings, parse_limit
 from ..core.security import get_hasher
 from ..db import commit_pending, get_db
 from ..exceptions import MESSAGES, HTTPError, ValidationError
@@ -39,9 +39,9 @@ from .events import audit
 from .passwords import check_new_password
 from .sessions import get_store
 from .throttle import RateLimited, check, hit, limit_key
+from .tokens import EMAIL_CHANGE, RESET, VERIFY, end_tokens, expires_in, issue, link_to, queue_verification
 from .validation import email_key, password_problem, text_field, valid_email
 
-RESET, VERIFY, EMAIL_CHANGE = "reset", "verify", "email_change"
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -76,53 +76,9 @@ class Link:
     user: User
 
 
-def expires_in(seconds: int) -> str:
-    """A lifetime as a message says it: "30 minutes", "24 hours", "2 days"."""
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size and (seconds % size == 0 or unit == "minute"):
-            count = seconds // size
-            return f"{count} {unit}{'s' if count != 1 else ''}"
-    return f"{seconds} seconds"
-
-
-def _link(path: str) -> str:
-    """An absolute link for a message: QUART_APP_PUBLIC_URL, never the request's Host."""
-    return get_settings().PUBLIC_URL + path
-
-
-def _ttl(settings: Settings, purpose: str) -> int:
-    return settings.RESET_TOKEN_TTL if purpose == RESET else settings.VERIFY_TOKEN_TTL
-
-
 def _throttled(error: RateLimited, what: str) -> HTTPError:
     wait = error.retry_after
     return HTTPError(429, f"Too many {what}. Try again in {wait} seconds.", headers={"Retry-After": str(wait)})
-
-
-async def _issue(db: AsyncSession, user: User, purpose: str, email: str) -> str:
-    """A new token for ``user`` in ``db``'s transaction; returns the secret for the link (never stored)."""
-    token = new_token()
-    now = utcnow()
-    db.add(
-        EmailToken(
-            user_id=user.id,
-            purpose=purpose,
-            digest=token_digest(token),
-            email=email,
-            created_at=now,
-            expires_at=now + timedelta(seconds=_ttl(get_settings(), purpose)),
-        )
-    )
-    return token
-
-
-async def end_tokens(db: AsyncSession, user_id: int, *purposes: str, now: datetime | None = None) -> None:
-    """Kill every live token of ``user_id`` with one of ``purposes`` (in ``db``'s transaction)."""
-    await db.execute(
-        update(EmailToken)
-        .where(EmailToken.user_id == user_id, EmailToken.purpose.in_(purposes), EmailToken.used_at.is_(None))
-        .values(used_at=now or utcnow())
-    )
 
 
 # -- the links ---------------------------------------------------------------------
@@ -212,14 +168,14 @@ async def request_reset(data: Mapping[str, Any]) -> None:
     db = get_db()
     user = (await db.execute(select(User).where(User.email_key == key))).scalar_one_or_none()
     if user is not None and user.is_active:
-        token = await _issue(db, user, RESET, user.email)
+        token = await issue(db, user, RESET, user.email)
         await queue_mail(
             db,
             to=user.email,
             template="reset_password",
             context={
                 "username": user.username,
-                "link": _link(f"/reset-password/{token}"),
+                "link": link_to(f"/reset-password/{token}"),
                 "expires_in": expires_in(settings.RESET_TOKEN_TTL),
             },
             user_id=user.id,
@@ -281,25 +237,6 @@ async def reset_password(token: str, data: Mapping[str, Any]) -> User:
 
 
 # -- verification and change of address -------------------------------------------------
-
-
-async def queue_verification(db: AsyncSession, user: User) -> None:
-    """Queue a verification link for the user's address (in ``db``'s transaction; the caller commits)."""
-    if not mail_enabled():
-        return
-    token = await _issue(db, user, VERIFY, user.email)
-    await queue_mail(
-        db,
-        to=user.email,
-        template="verify_email",
-        context={
-            "username": user.username,
-            "link": _link(f"/verify-email/{token}"),
-            "expires_in": expires_in(get_settings().VERIFY_TOKEN_TTL),
-        },
-        user_id=user.id,
-    )
-    audit("verification_sent", user)
 
 
 async def resend_verification(user: User) -> None:
@@ -379,7 +316,7 @@ async def _address_taken(address: str) -> bool:
 
 async def request_email_change(user: User, data: Mapping[str, Any]) -> str:
     """Check the password, then mail a confirmation link to the new address and a notice to the old one."""
-    from .service import check_password  # (service imports this module)
+    from .service import check_password
 
     errors: dict[str, str] = {}
     current = text_field(data, "current_password", errors, strip=False)
@@ -395,7 +332,7 @@ async def request_email_change(user: User, data: Mapping[str, Any]) -> str:
         raise HTTPError(409, EMAIL_TAKEN, fields={"new_email": EMAIL_TAKEN})
     db = get_db()
     await end_tokens(db, user.id, EMAIL_CHANGE)  # only the latest request stands
-    token = await _issue(db, user, EMAIL_CHANGE, new_email)
+    token = await issue(db, user, EMAIL_CHANGE, new_email)
     await queue_mail(
         db,
         to=new_email,
@@ -403,7 +340,7 @@ async def request_email_change(user: User, data: Mapping[str, Any]) -> str:
         context={
             "username": user.username,
             "new_email": new_email,
-            "link": _link(f"/verify-email/{token}"),
+            "link": link_to(f"/verify-email/{token}"),
             "expires_in": expires_in(get_settings().VERIFY_TOKEN_TTL),
         },
         user_id=user.id,
@@ -432,6 +369,11 @@ async def mark_verified(user: User) -> None:
 
 __all__ = [
     "ALREADY_VERIFIED",
+    "EMAIL_CHANGE",
+    "RESET",
+    "VERIFY",
+    "expires_in",
+    "mail_required",
     "LINK_DEAD",
     "RESET_SENT",
     "end_tokens",

@@ -17,7 +17,7 @@ from ..db import commit_pending, get_db, run_unit
 from ..exceptions import HTTPError
 from ..mail import queue_mail
 from ..models import User
-from . import recovery
+from . import tokens
 from .events import audit
 from .passwords import check_new_password
 from .sessions import describe, get_store
@@ -101,7 +101,7 @@ async def create_user(data: Mapping[str, Any]) -> User:
     try:
         await db.flush()
         # The verification link is queued with the account, in its transaction.
-        await recovery.queue_verification(db, user)
+        await tokens.queue_verification(db, user)
         await db.commit()
     except IntegrityError:
         await db.rollback()
@@ -232,7 +232,7 @@ async def change_password(user: User, data: Mapping[str, Any]) -> None:
     # secret, so a copy of its cookie taken before the change is dead too.
     revoked = await get_store().revoke_user(user.id, keep=current.id if current else None, db=db)
     # Reset links mailed before the change die with it, and so does a pending change of address.
-    await recovery.end_tokens(db, user.id, recovery.RESET, recovery.EMAIL_CHANGE)
+    await tokens.end_tokens(db, user.id, tokens.RESET, tokens.EMAIL_CHANGE)
     notice = {"username": user.username}
     await queue_mail(db, to=user.email, template="password_changed", context=notice, user_id=user.id)
     audit("password_changed", user, detail=f"{revoked} other session(s) revoked")
