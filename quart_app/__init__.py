@@ -12,6 +12,7 @@ from quart import Quart
 from . import auth, mail, serving, speedups
 from .api import docs as api_docs
 from .api.views import bp as api_bp
+from .auth import passwords
 from .auth.throttle import Throttle
 from .cli import register_cli
 from .core import csrf, headers, security
@@ -57,6 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     database = Database(settings)
     database.init_app(app)
     mail.init_app(app, settings, database)
+    passwords.init_app(app)
     security.init_app(app, settings)
     csrf.init_app(app)
     login_manager = auth.init_app(app, settings, database)

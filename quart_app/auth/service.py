@@ -220,8 +220,9 @@ async def _upgrade_hash(user: User, password: str) -> None:
 async def change_password(user: User, data: Mapping[str, Any]) -> None:
     """Check the current password, store the new one, revoke every other session, re-issue this one."""
     change = validate_password_change(data)
-    await check_new_password(change.new_password, username=user.username, email=user.email, field="new_password")
+    # The current password first: a wrong one says so, whatever the new one is.
     await check_password(user, change.current_password, field="current_password", purpose="password change")
+    await check_new_password(change.new_password, username=user.username, email=user.email, field="new_password")
     hasher = get_hasher()
     new_hash = await hasher.hash(change.new_password)
     current = current_auth_session()
