@@ -89,8 +89,9 @@ EXTENSION = "quart_app.mail"
 APP_NAME = "Quart App"
 # Rows one sender claims at a time (and delivers concurrently, one connection each).
 BATCH = 8
-# The longest a stop waits for the deliveries in flight before it abandons them (their claims lapse).
-STOP_GRACE = 1.0
+# The longest a stop waits for the deliveries in flight before it abandons them (their claims lapse), and
+# then for the cancelled task: a stop takes at most twice this, well inside serving.py's STOP_MARGIN.
+STOP_GRACE = 0.5
 # Tries of a mark that failed (the database out of reach) before the claim is left to lapse.
 MARK_TRIES = 3
 # A database error in the sender is logged at most this often (seconds).
@@ -310,10 +311,12 @@ class Mailer:
             return
         self._error_logged_at = now
         if isinstance(error, DBAPIError | OSError | TimeoutError) or type(error).__module__.startswith("quart_app"):
-            # The database out of reach (its error's text holds the statement's parameters: only the classes).
+            # The database out of reach or failing (its error's text holds the statement's
+            # parameters, the recipient among them: only the classes and SQLite's code name).
             orig = getattr(error, "orig", None)
-            kind = type(error).__name__ + (f" ({type(orig).__name__})" if orig is not None else "")
-            log.warning("mail sender: cannot reach the database (%s); trying again", kind)
+            detail = getattr(orig, "sqlite_errorname", None) or (type(orig).__name__ if orig is not None else None)
+            kind = type(error).__name__ + (f" ({detail})" if detail else "")
+            log.warning("mail sender: the database failed (%s); trying again at the next poll", kind)
         else:
             log.exception("mail sender: unexpected error; trying again")
 
