@@ -11,6 +11,8 @@
     server.delay = 2.0             # every DATA answered 2 s late (a slow server)
     server.refused.add("nobody@example.com")     # RCPT TO that address: 550 (a permanent refusal)
     SMTPServer(credentials=("user", "secret"))   # AUTH offered (without TLS), checked, logins recorded
+    SMTPServer(tls="smtps" or "starttls", certificate=self_signed_certificate(tmp_path))
+                                   # implicit TLS, or STARTTLS required; trust the certificate with SSL_CERT_FILE
 
 A message counts as received once DATA is answered 250 (when its client
 hangs up before that, aiosmtpd cancels the handler and it is not recorded,
@@ -23,19 +25,23 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import ipaddress
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-__all__ = ["MAX_HOLD", "Received", "SMTPServer"]
+__all__ = ["MAX_HOLD", "Received", "SMTPServer", "self_signed_certificate"]
 
 # The longest any DATA is held or delayed (seconds): no test hangs on the server.
 MAX_HOLD = 60.0
@@ -48,6 +54,39 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, valid for a day, and its key: (cert.pem, key.pem) in ``directory``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
 @dataclass
 class Received:
     """One accepted message: the parsed message (``email.policy.default``) and its envelope."""
@@ -56,6 +95,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     raw: bytes = field(repr=False, default=b"")
+    tls: bool = False  # whether it came over TLS (smtps, or after STARTTLS)
 
     def part(self, subtype: str) -> str:
         body = self.message.get_body(preferencelist=(subtype,))
@@ -109,17 +149,28 @@ class _Handler:
             message = email.message_from_string(raw.decode("utf-8"), policy=email.policy.default)
         except UnicodeDecodeError:
             message = email.message_from_bytes(raw, policy=email.policy.default)
-        owner._record(Received(message, envelope.mail_from, list(envelope.rcpt_tos), raw))
+        tls = server.transport is not None and server.transport.get_extra_info("ssl_object") is not None
+        owner._record(Received(message, envelope.mail_from, list(envelope.rcpt_tos), raw, tls))
         return "250 2.0.0 Message accepted"
 
 
 class SMTPServer:
     """aiosmtpd on 127.0.0.1:``port`` (a free one by default); ``stop``/``start`` keep the port."""
 
-    def __init__(self, port: int | None = None, *, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        credentials: tuple[str, str] | None = None,
+        tls: str | None = None,
+        certificate: tuple[Path, Path] | None = None,
+    ) -> None:
+        assert tls in (None, "smtps", "starttls") and (tls is None) == (certificate is None)
         self.host = "127.0.0.1"
         self.port = port or _free_port()
         self.credentials = credentials
+        self.tls = tls
+        self.certificate = certificate
         self.delay = 0.0
         self.refused: set[str] = set()
         self.logins: list[tuple[str, str]] = []
@@ -132,7 +183,8 @@ class SMTPServer:
 
     @property
     def url(self) -> str:
-        return f"smtp://{self.host}:{self.port}"
+        scheme = {None: "smtp", "smtps": "smtps", "starttls": "smtp+starttls"}[self.tls]
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def received(self) -> list[Received]:
@@ -168,6 +220,13 @@ class SMTPServer:
         options = {}
         if self.credentials is not None:
             options = {"authenticator": self._authenticate, "auth_required": False, "auth_require_tls": False}
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*map(str, self.certificate))
+            if self.tls == "smtps":
+                options["ssl_context"] = context
+            else:
+                options.update(tls_context=context, require_starttls=True)
         for _ in range(100):  # the port may linger a moment after a stop
             controller = Controller(
                 _Handler(self), hostname=self.host, port=self.port, enable_SMTPUTF8=True, ready_timeout=10, **options

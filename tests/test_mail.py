@@ -22,7 +22,7 @@ import pytest
 from conftest import MAIL_TEST_SETTINGS, db_rows, db_write, mail_settings
 from quart import request
 from servers import serving_off_loop
-from smtp_server import SMTPServer
+from smtp_server import SMTPServer, self_signed_certificate
 
 from quart_app.core.config import load_settings
 from quart_app.db import get_database, get_db
@@ -360,6 +360,19 @@ async def test_a_slow_smtp_server_never_slows_the_request_that_queues_mail(make_
     assert sorted(r.rcpt_tos[0] for r in received) == ["first@example.com", "second@example.com"]
 
 
+async def test_a_commit_that_queued_mail_wakes_the_sender_of_its_worker_at_once(make_app, smtp_server, database):
+    app = make_app(**mail_settings(smtp_server, MAIL_POLL_INTERVAL=120))  # no poll during the test
+    add_queue_route(app)
+    async with app.test_app():
+        response = await app.test_client().get("/_test/queue?to=woken@example.com")
+        assert response.status_code == 200
+        [received] = await smtp_server.wait_for(1, timeout=10)
+        assert received.rcpt_tos == ["woken@example.com"]
+        await queue(app, commit=False)  # a rollback wakes nothing, and sends nothing
+        await asyncio.sleep(0.5)
+    assert len(smtp_server.received) == 1
+
+
 async def test_a_stop_abandons_a_stalled_delivery_within_a_bound_and_its_claim_lapses(make_app, smtp_server, database):
     key = secrets.token_urlsafe(48)
     app = make_app(**mail_settings(smtp_server), SECRET_KEY=key)
@@ -457,6 +470,29 @@ async def test_smtp_credentials_are_used_and_a_refusal_shows_no_password(make_ap
             row = await wait_until(refused, what="the refusal recorded")
         assert row[3].startswith("SMTPAuthenticationError: 535") and "wrong" not in row[3]
         assert len(server.received) == 1
+
+
+@pytest.mark.parametrize("tls", ["smtps", "starttls"])
+async def test_smtps_and_starttls_deliver_over_tls_with_the_certificate_checked(
+    make_app, database, tmp_path, monkeypatch, tls
+):
+    certificate = self_signed_certificate(tmp_path)
+    with SMTPServer(tls=tls, certificate=certificate) as server:
+        app = make_app(**mail_settings(server))
+        async with app.test_app():
+            await queue(app)
+
+            async def refused():
+                [row] = await rows(database)
+                return row if row[3] else None
+
+            # Not trusted yet: refused (and to be retried), never sent in the clear.
+            row = await wait_until(refused, what="the untrusted certificate refused")
+            assert row[1] == "pending" and "certificate verify failed" in row[3], row[3]
+            assert server.received == []
+            monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # now trusted
+            [received] = await server.wait_for(1)
+        assert received.tls and LINK in received.text
 
 
 # -- other modes ------------------------------------------------------------------------------------
