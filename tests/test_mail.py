@@ -438,7 +438,12 @@ async def test_cr_lf_in_the_context_adds_no_header_and_html_is_escaped(mail_app,
 
 
 async def test_a_recipient_that_is_not_one_plain_address_is_refused_when_queued(mail_app, database):
-    for to in ("bob@example.com\r\nBcc: victim@example.com", "Bob <bob@example.com>", "a@example.com, b@example.com"):
+    for to in (
+        "bob@example.com\r\nBcc: victim@example.com",
+        "Bob <bob@example.com>",
+        "a@example.com, b@example.com",
+        "x" * 250 + "@example.com",
+    ):
         with pytest.raises(ValueError):
             await queue(mail_app, to=to)
     assert await rows(database) == []

@@ -46,6 +46,8 @@ __all__ = [
 log = logging.getLogger("quart_app.mail")
 
 ERROR_MAX = 200
+# RFC 5321's longest path (mail_outbox.recipient holds 255).
+ADDRESS_MAX = 254
 # The longest wait for QUIT once the message was accepted (it is sent by then, whatever QUIT does).
 QUIT_TIMEOUT = 5.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
@@ -85,6 +87,8 @@ def check_address(address: str) -> str:
     """``address`` if it is one plain addr-spec (``user@domain``, no name, no CR/LF), else a ValueError."""
     if not isinstance(address, str) or _CONTROL.search(address) or address != address.strip():
         raise ValueError("a recipient must be one address without control characters")
+    if len(address) > ADDRESS_MAX:
+        raise ValueError(f"a recipient must be at most {ADDRESS_MAX} characters")
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain or any(ch in address for ch in '<>,;"() '):
         raise ValueError("a recipient must be one plain address (user@domain)")
