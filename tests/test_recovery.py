@@ -517,3 +517,56 @@ async def test_fifty_resets_while_smtp_is_down_all_answer_normally_and_all_arriv
         await asyncio.sleep(1.0)
         resets = [m for m in smtp_server.received if "reset-password" in text_of(m)]
         assert len(resets) == 50  # every one, once
+
+
+# -- the audit trail and the signals ---------------------------------------------------------
+
+
+async def test_each_step_is_an_audit_row_and_a_signal(smtp_app, client, smtp_server, database):
+    """Reset requested and done, verification sent and confirmed, change requested and done: rows and signals."""
+    from quart_app.auth import events
+
+    received: list[str] = []
+    names = {
+        "password_reset_requested": events.password_reset_requested,
+        "password_reset": events.password_reset,
+        "verification_sent": events.verification_sent,
+        "email_verified": events.email_verified,
+        "email_change_requested": events.email_change_requested,
+        "email_changed": events.email_changed,
+    }
+    receivers = {}
+    for name, signal in names.items():
+        receivers[name] = lambda app, name=name, **extra: received.append(name)
+        signal.connect(receivers[name], weak=False)
+    try:
+        await register_api(client, "alice")
+        token = await verification_token(smtp_server, "alice@example.com")
+        await client.post("/api/email/verify", json={"token": token})
+        await client.post("/api/email", json={"current_password": PASSWORD, "new_email": "alice@new.example"})
+        change = link_in((await mail_to(smtp_server, "alice@new.example"))[0], "verify-email")[1]
+        await client.post("/api/email/verify", json={"token": change})
+        reset = await reset_token(client, smtp_server, "alice@new.example", 2)
+        await client.post("/api/password/reset", json={"token": reset, "new_password": NEW_PASSWORD})
+    finally:
+        for name, signal in names.items():
+            signal.disconnect(receivers[name])
+    assert received == [
+        "verification_sent",
+        "email_verified",
+        "email_change_requested",
+        "email_changed",
+        "password_reset_requested",
+        "password_reset",
+    ]
+    rows = [event for (event,) in db_rows(database, "SELECT event FROM auth_events ORDER BY id")]
+    for event in (
+        "verification_sent",
+        "email_verified",
+        "email_change_requested",
+        "email_changed",
+        "reset_requested",
+        "password_reset",
+    ):
+        assert event in rows, event
+    assert all(token not in repr(db_rows(database, "SELECT detail FROM auth_events")) for token in (token, reset))
