@@ -169,6 +169,10 @@ class LoginManager:
         self._requirement_failed_callback = callback
         return callback
 
+    @property
+    def has_requirements(self) -> bool:
+        return bool(self._requirements)
+
     async def unmet_requirement(self, user: Any, exempt: frozenset[str] = frozenset()) -> str | None:
         """The name of the first requirement ``user`` fails (those in ``exempt`` skipped), or None."""
         for name, check in self._requirements.items():

@@ -172,8 +172,8 @@ def exempt_from(*names: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P
     return mark
 
 
-async def _unmet(wrapper: Callable[..., Any]) -> str | None:
-    return await app_login().manager.unmet_requirement(current_user, getattr(wrapper, _EXEMPT_ATTR, frozenset()))
+async def _unmet(manager: Any, wrapper: Callable[..., Any]) -> str | None:
+    return await manager.unmet_requirement(current_user, getattr(wrapper, _EXEMPT_ATTR, frozenset()))
 
 
 def login_required(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -186,10 +186,12 @@ def login_required(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
     @wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         if not _exempt():
+            manager = app_login().manager
             if not current_user.is_authenticated:
-                return await app_login().manager.unauthorized()
-            if (name := await _unmet(wrapper)) is not None:
-                return await app_login().manager.requirement_failed(name)
+                return await manager.unauthorized()
+            # (has_requirements first: the common case awaits nothing more)
+            if manager.has_requirements and (name := await _unmet(manager, wrapper)) is not None:
+                return await manager.requirement_failed(name)
         return await current_app.ensure_async(func)(*args, **kwargs)
 
     return wrapper
@@ -204,7 +206,7 @@ def fresh_login_required(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitab
             manager = app_login().manager
             if not current_user.is_authenticated:
                 return await manager.unauthorized()
-            if (name := await _unmet(wrapper)) is not None:
+            if manager.has_requirements and (name := await _unmet(manager, wrapper)) is not None:
                 return await manager.requirement_failed(name)
             if not login_fresh():
                 return await manager.needs_refresh()
