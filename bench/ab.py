@@ -90,6 +90,8 @@ class Port:
             "QUART_APP_SECRET_KEY": secrets.token_urlsafe(48),
             "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{self.db}",
             "QUART_APP_LOGIN_RATE_LIMIT": "off",
+            # No mail, as in the Flask version (and production needs the setting).
+            "QUART_APP_MAIL_URL": "off",
             **extra_env,
         }
         self.proc: subprocess.Popen | None = None

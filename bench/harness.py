@@ -1003,7 +1003,7 @@ def main() -> int:
             "hypercorn_toml": hypercorn_settings(),
             "hypercorn_cmd": 'hypercorn -c hypercorn.toml --bind 127.0.0.1:PORT "quart_app:create_app()"',
             "port_env": "QUART_APP_ENV=production QUART_APP_SECRET_KEY=<random> QUART_APP_DATABASE_URL=<temp sqlite> "
-            "QUART_APP_LOGIN_RATE_LIMIT=off",
+            "QUART_APP_LOGIN_RATE_LIMIT=off QUART_APP_MAIL_URL=off",
             "port_pg_env": "the same, but "
             "QUART_APP_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:PORT/quart_bench "
             "(a database of its own, alembic upgrade head, the same users)",
@@ -1050,6 +1050,8 @@ def main() -> int:
             "QUART_APP_SECRET_KEY": secrets.token_urlsafe(48),
             "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{port_db}",
             "QUART_APP_LOGIN_RATE_LIMIT": "off",
+            # No mail, as in the Flask version (and production needs the setting).
+            "QUART_APP_MAIL_URL": "off",
         }
         flask_env = {
             **os.environ,
