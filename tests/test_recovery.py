@@ -570,3 +570,22 @@ async def test_each_step_is_an_audit_row_and_a_signal(smtp_app, client, smtp_ser
     ):
         assert event in rows, event
     assert all(token not in repr(db_rows(database, "SELECT detail FROM auth_events")) for token in (token, reset))
+
+
+async def test_two_requests_racing_with_one_link_cannot_both_use_it(smtp_app, client, smtp_server, database):
+    """Both find the link live, both hash their password; one conditional UPDATE lets only one through."""
+    await register_api(client, "alice")
+    token = await reset_token(client, smtp_server, "alice@example.com", 2)
+    passwords = ["first racing passphrase", "second racing passphrase"]
+    responses = await asyncio.gather(
+        *(
+            smtp_app.test_client().post("/api/password/reset", json={"token": token, "new_password": password})
+            for password in passwords
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [204, 400]
+    winner = passwords[[r.status_code for r in responses].index(204)]
+    loser = passwords[1 - passwords.index(winner)]
+    assert (await api_login(smtp_app.test_client(), "alice", winner)).status_code == 200
+    assert (await api_login(smtp_app.test_client(), "alice", loser)).status_code == 401
+    assert db_rows(database, "SELECT count(*) FROM email_tokens WHERE used_at IS NULL AND purpose = 'reset'") == [(0,)]
