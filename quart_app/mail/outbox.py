@@ -34,9 +34,11 @@ its content is kept (``mail retry`` sends it again), an ``auth_events`` row
 "mail_failed" is written in the same transaction and a WARNING logged (the
 id, kind, user id and error class; never the address or the content).
 
-Every claim and mark is a short transaction of its own, on the database's
-sessionmaker, never a request's session; the network is never touched inside
-one.
+Every claim and mark is a short transaction of its own, run in one trip by
+``Database.run_own_unit`` (on SQLite, on its threads: the file's write lock
+is never held across turns of the event loop, so a loop busy elsewhere cannot
+keep other writers waiting), never a request's session; the network is never
+touched inside one.
 """
 
 from __future__ import annotations
@@ -340,23 +342,29 @@ class Mailer:
         now = utcnow()
         free = or_(_C.claimed_until.is_(None), _C.claimed_until < now)
         due = select(_C.id).where(_C.status == "pending", _C.next_attempt_at <= now, free).order_by(_C.id)
-        async with self.database.get_sessionmaker()() as db:
-            # A read first: an idle poll writes nothing (on SQLite, writers of every worker queue for one lock).
-            if (await db.execute(due.limit(1))).first() is None:
-                return []
-            await db.rollback()
-            claim = (
-                update(_TABLE)
-                .where(
-                    _C.id.in_(due.limit(limit).with_for_update(skip_locked=True).scalar_subquery()),
-                    _C.status == "pending",
-                    free,
-                )
-                .values(claimed_by=self.sender_id, claimed_until=now + self.lease, attempts=_C.attempts + 1)
-                .returning(_C.id, _C.kind, _C.recipient, _C.user_id, _C.content, _C.attempts)
+        claim = (
+            update(_TABLE)
+            .where(
+                _C.id.in_(due.limit(limit).with_for_update(skip_locked=True).scalar_subquery()),
+                _C.status == "pending",
+                free,
             )
-            async with db.begin():
-                found = (await db.execute(claim)).all()
+            .values(claimed_by=self.sender_id, claimed_until=now + self.lease, attempts=_C.attempts + 1)
+            .returning(_C.id, _C.kind, _C.recipient, _C.user_id, _C.content, _C.attempts)
+        )
+
+        def work(db: Session) -> list[Any]:
+            # A read first: an idle poll writes nothing (on SQLite, writers of every worker queue for one lock).
+            if db.execute(due.limit(1)).first() is None:
+                db.rollback()
+                return []
+            db.rollback()
+            found = db.execute(claim).all()
+            db.commit()
+            return found
+
+        # One trip (on SQLite, to its threads): the write lock is never held across turns of the event loop.
+        found = await self.database.run_own_unit(work)
         return sorted((Claimed(*row) for row in found), key=lambda row: row.id)
 
     async def _deliver(self, row: Claimed) -> Outcome:
@@ -425,12 +433,18 @@ class Mailer:
             .where(_C.id == row.id, _C.claimed_by == self.sender_id, _C.status == "pending")
             .values(**values)
         )
+
+        def work(db: Session) -> int:
+            changed = db.execute(statement).rowcount
+            if changed and audit is not None:
+                db.execute(insert(AuthEvent.__table__), audit)
+            db.commit()
+            return changed
+
         for attempt in range(MARK_TRIES):
             try:
-                async with self.database.get_sessionmaker()() as db, db.begin():
-                    changed = (await db.execute(statement)).rowcount
-                    if changed and audit is not None:
-                        await db.execute(insert(AuthEvent.__table__), audit)
+                # One trip, as for the claim: no lock held while the event loop runs other work.
+                changed = await self.database.run_own_unit(work)
                 return outcome if changed else "lost"
             except asyncio.CancelledError:
                 raise
