@@ -14,7 +14,7 @@ from .auth import recovery, service
 from .exceptions import HTTPError
 
 
-def _run(app: Quart, work: Callable[[], Awaitable[Any]]) -> Any:
+def run_in_app(app: Quart, work: Callable[[], Awaitable[Any]]) -> Any:
     """Start the app's services (engine, hash pool), run ``work`` in an app context, stop them."""
 
     async def main() -> Any:
@@ -58,7 +58,7 @@ def register_cli(app: Quart) -> None:
             return await service.create_user({"username": username, "email": email, "password": password})
 
         try:
-            user = _run(app, work)
+            user = run_in_app(app, work)
         except HTTPError as exc:
             _fail("; ".join(f"{k}: {v}" for k, v in exc.fields.items()) if exc.fields else exc.message)
         click.echo(f"Created user {user.username} (id {user.id}).")
@@ -70,7 +70,7 @@ def register_cli(app: Quart) -> None:
         async def work():
             return await service.list_users()
 
-        rows = _run(app, work)
+        rows = run_in_app(app, work)
         click.echo(f"{'id':>5}  {'username':<32}  {'email':<40}  active")
         for user in rows:
             click.echo(f"{user.id:>5}  {user.username:<32}  {user.email:<40}  {'yes' if user.is_active else 'no'}")
@@ -82,7 +82,7 @@ def register_cli(app: Quart) -> None:
                 return None, None
             return user, await action(user)
 
-        user, result = _run(app, work)
+        user, result = run_in_app(app, work)
         if user is None:
             _fail(f"no user named {username!r}")
         return user, result

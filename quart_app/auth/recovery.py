@@ -39,7 +39,7 @@ from .events import audit
 from .passwords import check_new_password
 from .sessions import get_store
 from .throttle import RateLimited, check, hit, limit_key
-from .tokens import EMAIL_CHANGE, RESET, VERIFY, end_tokens, expires_in, issue, link_to, queue_verification
+from .tokens import EMAIL_CHANGE, RESET, VERIFY, end_tokens, expires_in, mail_link, queue_verification
 from .validation import email_key, password_problem, text_field, valid_email
 
 P = ParamSpec("P")
@@ -91,14 +91,14 @@ def _token_ip_key() -> str:
 async def _token_guard() -> None:
     """429 while this client has failed too many token checks."""
     try:
-        await check(_token_ip_key(), parse_limit(get_settings().TOKEN_RATE_LIMIT, "TOKEN_RATE_LIMIT"))
+        await check(_token_ip_key(), _limit("TOKEN_RATE_LIMIT"))
     except RateLimited as error:
         raise _throttled(error, "invalid links") from None
 
 
 async def _token_failed() -> None:
     try:
-        await hit(_token_ip_key(), parse_limit(get_settings().TOKEN_RATE_LIMIT, "TOKEN_RATE_LIMIT"))
+        await hit(_token_ip_key(), _limit("TOKEN_RATE_LIMIT"))
     except RateLimited:
         pass  # (this failure is answered 400; the next check answers 429)
 
@@ -168,18 +168,7 @@ async def request_reset(data: Mapping[str, Any]) -> None:
     db = get_db()
     user = (await db.execute(select(User).where(User.email_key == key))).scalar_one_or_none()
     if user is not None and user.is_active:
-        token = await issue(db, user, RESET, user.email)
-        await queue_mail(
-            db,
-            to=user.email,
-            template="reset_password",
-            context={
-                "username": user.username,
-                "link": link_to(f"/reset-password/{token}"),
-                "expires_in": expires_in(settings.RESET_TOKEN_TTL),
-            },
-            user_id=user.id,
-        )
+        await mail_link(db, user, RESET, to=user.email, template="reset_password")
         audit("reset_requested", user)
     else:
         # The same writes as for a known address (an audit row), without the account.
@@ -332,19 +321,7 @@ async def request_email_change(user: User, data: Mapping[str, Any]) -> str:
         raise HTTPError(409, EMAIL_TAKEN, fields={"new_email": EMAIL_TAKEN})
     db = get_db()
     await end_tokens(db, user.id, EMAIL_CHANGE)  # only the latest request stands
-    token = await issue(db, user, EMAIL_CHANGE, new_email)
-    await queue_mail(
-        db,
-        to=new_email,
-        template="email_change_confirm",
-        context={
-            "username": user.username,
-            "new_email": new_email,
-            "link": link_to(f"/verify-email/{token}"),
-            "expires_in": expires_in(get_settings().VERIFY_TOKEN_TTL),
-        },
-        user_id=user.id,
-    )
+    await mail_link(db, user, EMAIL_CHANGE, to=new_email, template="email_change_confirm", new_email=new_email)
     await queue_mail(
         db,
         to=user.email,

@@ -8,6 +8,7 @@ expiry. service.py (registration, password change) and recovery.py share these.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -66,20 +67,33 @@ async def end_tokens(db: AsyncSession, user_id: int, *purposes: str, now: dateti
     )
 
 
+# The page each purpose's link opens.
+_PATHS = {RESET: "/reset-password/", VERIFY: "/verify-email/", EMAIL_CHANGE: "/verify-email/"}
+
+
+async def mail_link(db: AsyncSession, user: User, purpose: str, *, to: str, template: str, **context: Any) -> None:
+    """Issue a ``purpose`` token and queue ``template`` to ``to`` with its link, in ``db``'s transaction.
+
+    The template gets ``username``, ``link`` and ``expires_in`` besides ``context``.
+    """
+    token = await issue(db, user, purpose, to)
+    await queue_mail(
+        db,
+        to=to,
+        template=template,
+        context={
+            "username": user.username,
+            "link": link_to(_PATHS[purpose] + token),
+            "expires_in": expires_in(_ttl(get_settings(), purpose)),
+            **context,
+        },
+        user_id=user.id,
+    )
+
+
 async def queue_verification(db: AsyncSession, user: User) -> None:
     """Queue a verification link for the user's address (in ``db``'s transaction; the caller commits)."""
     if not mail_enabled():
         return
-    token = await issue(db, user, VERIFY, user.email)
-    await queue_mail(
-        db,
-        to=user.email,
-        template="verify_email",
-        context={
-            "username": user.username,
-            "link": link_to(f"/verify-email/{token}"),
-            "expires_in": expires_in(get_settings().VERIFY_TOKEN_TTL),
-        },
-        user_id=user.id,
-    )
+    await mail_link(db, user, VERIFY, to=user.email, template="verify_email")
     audit("verification_sent", user)

@@ -8,39 +8,19 @@ is due once, in the foreground, and exits (for cron, or without a server).
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
 from quart import Quart
 
+from ..cli import run_in_app
 from .outbox import BATCH, get_mailer
 
 __all__ = ["register_mail_cli"]
 
 # `mail send` stops after this many rounds of BATCH messages (a bound, should rows keep coming).
 SEND_ROUNDS = 1000
-
-
-def _run(app: Quart, work: Callable[[], Awaitable[Any]]) -> Any:
-    """Start the app's services without a mail sender, run ``work`` in an app context, stop them."""
-    mailer = get_mailer(app)
-    autostart, mailer.autostart = mailer.autostart, False
-
-    async def main() -> Any:
-        await app.startup()
-        try:
-            async with app.app_context():
-                return await work()
-        finally:
-            await app.shutdown()
-
-    try:
-        return asyncio.run(main())
-    finally:
-        mailer.autostart = autostart
 
 
 def _fail(message: str) -> None:
@@ -66,7 +46,7 @@ def register_mail_cli(app: Quart) -> None:
         async def work():
             return await mailer.status(limit=limit)
 
-        found = _run(app, work)
+        found = run_in_app(app, work)
         counts = found["counts"]
         click.echo("  ".join(f"{name}: {counts.get(name, 0)}" for name in ("pending", "sent", "failed")))
         if not mailer.enabled:
@@ -101,7 +81,7 @@ def register_mail_cli(app: Quart) -> None:
         async def work():
             return await mailer.retry(None if all_failed else list(ids))
 
-        retried, others, unknown = _run(app, work)
+        retried, others, unknown = run_in_app(app, work)
         if unknown:
             _fail(f"no message with id {', '.join(map(str, unknown))}; nothing was changed")
         for id_ in others:
@@ -131,7 +111,7 @@ def register_mail_cli(app: Quart) -> None:
                     break
             return outcomes
 
-        outcomes = _run(app, work)
+        outcomes = run_in_app(app, work)
         counts = {name: outcomes.count(name) for name in ("sent", "retry", "failed", "lost")}
         click.echo(
             f"Sent {counts['sent']}; {counts['retry']} to be tried again later; {counts['failed']} failed"
