@@ -146,3 +146,43 @@ class OutboxMessage(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     __table_args__ = (Index("ix_mail_outbox_due", "status", "next_attempt_at"),)
+
+
+class UserFactor(Base):
+    """A second factor of a user: an authenticator app ("totp"), later a passkey ("webauthn").
+
+    A TOTP factor's ``secret`` is the base32 secret encrypted (quart_app.core.crypto,
+    the MFA key), never plain; ``last_step`` is the last 30-second step a code
+    was accepted for, so that no code is accepted twice. A factor whose
+    ``confirmed_at`` is NULL is a setup not yet confirmed by a right code: it
+    counts for nothing.
+    """
+
+    __tablename__ = "user_factors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+    # "totp" (quart_app/auth/mfa.py), later "webauthn".
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    # What the user calls it ("Phone"), if anything.
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    secret: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    confirmed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    def __repr__(self) -> str:  # never the secret
+        return f"<UserFactor {self.id} {self.kind!r} of user {self.user_id}>"
+
+
+class RecoveryCode(Base):
+    """One of a user's single-use recovery codes: only its keyed SHA-256 digest is kept (quart_app/auth/mfa.py)."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -265,6 +265,21 @@ class Settings:
     PWNED_PASSWORDS_URL: str = ""
     PWNED_PASSWORDS_TIMEOUT: float = 2.0
 
+    # Second factor (quart_app/auth/mfa.py). The TOTP secrets are encrypted at
+    # rest with a key derived from MFA_KEY, or from SECRET_KEY (and its
+    # fallbacks) when MFA_KEY is empty; recovery codes are kept as digests
+    # keyed the same way. MFA_KEY_FALLBACKS (comma-separated) are earlier keys
+    # still read while the secrets are encrypted again under the new one (to
+    # move from SECRET_KEY to an MFA_KEY of its own, give the secret key here).
+    MFA_KEY: str = ""
+    MFA_KEY_FALLBACKS: str = ""
+    # How long a right password waits for its second factor (seconds).
+    MFA_PENDING_TTL: int = 300
+    # On: an account without a second factor must set one up before anything else.
+    MFA_REQUIRED: bool = False
+    # The name authenticator apps show beside the username.
+    MFA_ISSUER: str = "Quart App"
+
     @property
     def is_production(self) -> bool:
         return self.ENV == "production"
@@ -276,6 +291,17 @@ class Settings:
     @property
     def secret_key_fallbacks(self) -> list[str]:
         return [key.strip() for key in self.SECRET_KEY_FALLBACKS.split(",") if key.strip()]
+
+    @property
+    def mfa_key_fallbacks(self) -> list[str]:
+        return [key.strip() for key in self.MFA_KEY_FALLBACKS.split(",") if key.strip()]
+
+    @property
+    def mfa_keys(self) -> list[str]:
+        """The second factor's key material, current key first: MFA_KEY and its fallbacks, else the secret key's."""
+        if self.MFA_KEY:
+            return [self.MFA_KEY, *self.mfa_key_fallbacks]
+        return [self.SECRET_KEY, *self.secret_key_fallbacks]
 
     @cached_property
     def trusted_origins(self) -> frozenset[str]:
@@ -360,6 +386,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         # The default follows the cores; on a big machine it must not contradict the queue (below).
         settings = replace(settings, HASH_WORKERS=settings.HASH_QUEUE_LIMIT)
     settings = _mail_settings(settings)
+    _check_mfa(settings)
     _check_relations(settings)
     return settings
 
@@ -422,6 +449,26 @@ def _mail_settings(settings: Settings) -> Settings:
     if settings.MAIL_RETRY_DELAY > settings.MAIL_RETRY_DELAY_MAX:
         raise ConfigError(f"{PREFIX}MAIL_RETRY_DELAY must not exceed {PREFIX}MAIL_RETRY_DELAY_MAX")
     return settings
+
+
+def _check_mfa(settings: Settings) -> None:
+    """MFA_KEY, its fallbacks and MFA_ISSUER checked (a ConfigError naming the setting)."""
+    if settings.is_production and settings.MFA_KEY and len(settings.MFA_KEY) < 32:
+        raise ConfigError(f"{PREFIX}MFA_KEY is too short for production (need 32+ characters)")
+    if settings.mfa_key_fallbacks and not settings.MFA_KEY:
+        raise ConfigError(
+            f"{PREFIX}MFA_KEY_FALLBACKS is set while {PREFIX}MFA_KEY is not: without an MFA_KEY the second "
+            f"factor's key is the secret key, rotated through {PREFIX}SECRET_KEY_FALLBACKS"
+        )
+    if settings.is_production and any(len(key) < 32 for key in settings.mfa_key_fallbacks):
+        raise ConfigError(f"{PREFIX}MFA_KEY_FALLBACKS holds a key too short for production")
+    issuer = settings.MFA_ISSUER
+    # The issuer is the label's prefix in the otpauth:// URI ("Issuer:username").
+    if not issuer.strip() or ":" in issuer or len(issuer) > 64 or any(ord(ch) < 32 or ord(ch) == 127 for ch in issuer):
+        raise ConfigError(
+            f"{PREFIX}MFA_ISSUER must be a name of 1 to 64 characters without a colon or control characters "
+            f"(got {issuer!r})"
+        )
 
 
 def _check_relations(settings: Settings) -> None:
