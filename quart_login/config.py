@@ -21,6 +21,9 @@ key (``QUART_LOGIN_`` +)   default                      meaning
 ``REFRESH_VIEW``           ``None``                     endpoint of the re-authentication page; None: 401
 ``NEEDS_REFRESH_MESSAGE``  Flask-Login's                flashed when redirecting to REFRESH_VIEW
 ``NEEDS_REFRESH_MESSAGE_CATEGORY`` ``"message"``        its flash category
+``STEP_UP_VIEW``           ``None``                     endpoint of the page asking for another factor; None: 401
+``STEP_UP_MESSAGE``        ``"Please confirm ..."``     flashed when redirecting to STEP_UP_VIEW
+``STEP_UP_MESSAGE_CATEGORY`` ``"message"``              its flash category
 ``EXEMPT_METHODS``         ``{"OPTIONS"}``              methods ``login_required`` lets through
 ``LOGIN_DISABLED``         ``False``                    ``login_required`` does nothing (tests only)
 =========================  ===========================  ==================================================
@@ -56,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     "REFRESH_VIEW": None,
     "NEEDS_REFRESH_MESSAGE": "Please reauthenticate to access this page.",
     "NEEDS_REFRESH_MESSAGE_CATEGORY": "message",
+    "STEP_UP_VIEW": None,
+    "STEP_UP_MESSAGE": "Please confirm your identity to access this page.",
+    "STEP_UP_MESSAGE_CATEGORY": "message",
     "EXEMPT_METHODS": frozenset({"OPTIONS"}),
     "LOGIN_DISABLED": False,
 }
@@ -68,6 +74,9 @@ MANAGER_ATTRIBUTES = (
     "REFRESH_VIEW",
     "NEEDS_REFRESH_MESSAGE",
     "NEEDS_REFRESH_MESSAGE_CATEGORY",
+    "STEP_UP_VIEW",
+    "STEP_UP_MESSAGE",
+    "STEP_UP_MESSAGE_CATEGORY",
 )
 
 

@@ -89,12 +89,16 @@ class LoginManager:
         self.refresh_view: str | None = None
         self.needs_refresh_message: str | None = None
         self.needs_refresh_message_category: str | None = None
+        self.step_up_view: str | None = None
+        self.step_up_message: str | None = None
+        self.step_up_message_category: str | None = None
         #: Blueprint name -> login view, for blueprints with their own login page.
         self.blueprint_login_views: dict[str, str] = {}
         self._user_callback: Callback | None = None
         self._request_callback: Callback | None = None
         self._unauthorized_callback: Callback | None = None
         self._needs_refresh_callback: Callback | None = None
+        self._needs_step_up_callback: Callback | None = None
         self._requirements: dict[str, Callback] = {}
         self._requirement_failed_callback: Callback | None = None
         if app is not None:
@@ -147,6 +151,15 @@ class LoginManager:
     def needs_refresh_handler(self, callback: Callback) -> Callback:
         """What ``fresh_login_required`` returns to a stale session instead of the default."""
         self._needs_refresh_callback = callback
+        return callback
+
+    def needs_step_up_handler(self, callback: Callback) -> Callback:
+        """``(aal, max_age) -> response``, sync or async: what ``aal_required`` and ``factor_within`` return.
+
+        Called with keyword arguments: ``aal`` (the level asked, or None) and
+        ``max_age`` (the seconds within which a factor is asked, or None).
+        """
+        self._needs_step_up_callback = callback
         return callback
 
     def requirement(self, name: str) -> Callable[[Callback], Callback]:
@@ -247,6 +260,24 @@ class LoginManager:
             raise _unauthorized(login.setting("NEEDS_REFRESH_MESSAGE") or "Authentication required.")
         return await self.redirect_to_refresh()
 
+    async def needs_step_up(self, *, aal: int | None = None, max_age: float | None = None) -> Any:
+        """The answer to a session below level ``aal``, or without a factor within ``max_age`` seconds.
+
+        The handler's (``needs_step_up_handler``), else 401 (no STEP_UP_VIEW, or
+        a JSON client: ``{"error": STEP_UP_MESSAGE}``), else a flash and a
+        redirect to STEP_UP_VIEW with ``next``. Sends ``user_needs_step_up``.
+        """
+        await signals.send(signals.user_needs_step_up, aal=aal, max_age=max_age)
+        if self._needs_step_up_callback is not None:
+            result = self._needs_step_up_callback(aal=aal, max_age=max_age)
+            return await result if inspect.isawaitable(result) else result
+        if not has_request_context():  # a websocket: no flash, no redirect, the handshake is refused
+            raise Unauthorized()
+        login = current_app.extensions[EXTENSION]
+        if login.setting("STEP_UP_VIEW") is None or wants_json():
+            raise _unauthorized(login.setting("STEP_UP_MESSAGE") or "Authentication required.")
+        return await self.redirect_to_step_up()
+
     async def redirect_to_login(self) -> Any:
         """The default browser answer of ``unauthorized``: flash LOGIN_MESSAGE, redirect to LOGIN_VIEW?next=."""
         login = current_app.extensions[EXTENSION]
@@ -265,6 +296,16 @@ class LoginManager:
             raise Unauthorized()
         return await self._redirect_with_message(
             view, login.setting("NEEDS_REFRESH_MESSAGE"), login.setting("NEEDS_REFRESH_MESSAGE_CATEGORY")
+        )
+
+    async def redirect_to_step_up(self) -> Any:
+        """The default browser answer of ``needs_step_up``: flash STEP_UP_MESSAGE, redirect to STEP_UP_VIEW?next=."""
+        login = current_app.extensions[EXTENSION]
+        view = login.setting("STEP_UP_VIEW")
+        if view is None:
+            raise Unauthorized()
+        return await self._redirect_with_message(
+            view, login.setting("STEP_UP_MESSAGE"), login.setting("STEP_UP_MESSAGE_CATEGORY")
         )
 
     def _login_view(self) -> str | None:

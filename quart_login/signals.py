@@ -25,6 +25,10 @@ user_login_confirmed = _signals.signal("login-confirmed")
 user_unauthorized = _signals.signal("unauthorized")
 #: ``fresh_login_required`` asked a stale session to log in again.
 user_needs_refresh = _signals.signal("needs-refresh")
+#: ``step_up`` recorded a factor presented in the session: ``user``, ``auth_session`` (updated), ``methods``.
+user_stepped_up = _signals.signal("stepped-up")
+#: ``aal_required`` or ``factor_within`` asked for another (or a recent) factor: ``aal``, ``max_age``.
+user_needs_step_up = _signals.signal("needs-step-up")
 #: A request was resolved to a logged-in user: ``user``.
 user_accessed = _signals.signal("accessed")
 #: The ``request_loader`` gave the user: ``user``.

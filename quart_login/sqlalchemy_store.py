@@ -27,9 +27,10 @@ from sqlalchemy import Boolean, DateTime, Integer, String, bindparam, delete, in
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, Session, make_transient_to_detached, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from .config import Lifetimes
-from .store import AuthSession, NewSession, Resolved, new_token, token_digest, utcnow
+from .store import AMR_MAX, DEFAULT_AMR, AuthSession, NewSession, Resolved, new_token, token_digest, utcnow
 
 T = TypeVar("T")
 Unit = Callable[[Session], T]  # sync SQLAlchemy code given a Session (called ``db``)
@@ -43,6 +44,21 @@ Lookup = Callable[[str, datetime, Lifetimes], Awaitable[tuple | None]]
 OpenLookup = Callable[[Any, datetime], Awaitable[bool]]
 
 IP_MAX, USER_AGENT_MAX = 45, 256
+
+
+class MethodList(TypeDecorator):
+    """A tuple of authentication method names, kept as one comma-separated string (``"pwd,otp"``)."""
+
+    impl = String(AMR_MAX)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        return ",".join(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> tuple[str, ...]:
+        return tuple(name for name in (value or "").split(",") if name)
 
 
 class AuthSessionMixin:
@@ -60,6 +76,12 @@ class AuthSessionMixin:
     auth_time: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     ip: Mapped[str | None] = mapped_column(String(IP_MAX))
     user_agent: Mapped[str | None] = mapped_column(String(USER_AGENT_MAX))
+    # How the session was authenticated (``AuthSession.amr``, "pwd,otp" in the column) and the level
+    # reached. The server defaults give rows from before these columns what they were: password logins.
+    amr: Mapped[tuple[str, ...]] = mapped_column(
+        MethodList(), nullable=False, default=DEFAULT_AMR, server_default=",".join(DEFAULT_AMR)
+    )
+    aal: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
 
 
 # The record's fields, in the order the resolve query selects them.
@@ -73,6 +95,8 @@ SESSION_FIELDS = (
     "auth_time",
     "ip",
     "user_agent",
+    "amr",
+    "aal",
 )
 
 
@@ -240,6 +264,8 @@ class SQLAlchemyAuthSessionStore:
             "auth_time": now if new.fresh else None,
             "ip": (new.ip or "")[:IP_MAX] or None,
             "user_agent": (new.user_agent or "")[:USER_AGENT_MAX] or None,
+            "amr": tuple(new.amr),
+            "aal": new.aal,
         }
 
         def work(db: Session) -> Any:
@@ -295,12 +321,23 @@ class SQLAlchemyAuthSessionStore:
         changed = await self._run(lambda db: db.connection().execute(statement).rowcount, db)
         return token if changed else None
 
-    async def confirm(self, auth_session: AuthSession, *, db: AsyncSession | None = None) -> AuthSession:
-        now = utcnow()
+    async def confirm(
+        self,
+        auth_session: AuthSession,
+        *,
+        amr: tuple[str, ...] | None = None,
+        aal: int | None = None,
+        db: AsyncSession | None = None,
+    ) -> AuthSession:
+        changes: dict[str, Any] = {"auth_time": utcnow()}
+        if amr is not None:
+            changes["amr"] = tuple(amr)
+        if aal is not None:
+            changes["aal"] = aal
         model = self.session_model
-        statement = update(model).where(model.id == auth_session.id).values(auth_time=now)
+        statement = update(model).where(model.id == auth_session.id).values(**changes)
         await self._run(lambda db: db.connection().execute(statement), db)
-        return auth_session.with_changes(auth_time=now)
+        return auth_session.with_changes(**changes)
 
     async def revoke(self, token: str, *, db: AsyncSession | None = None) -> bool:
         digest = token_digest(token)

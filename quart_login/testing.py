@@ -10,19 +10,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from .store import AuthSession, NewSession
+from .store import DEFAULT_AMR, AuthSession, NewSession, assurance_level, normalize_amr
 from .utils import app_login
 
 
-async def login_client(client: Any, user: Any, *, remember: bool = False, fresh: bool = True) -> AuthSession:
-    """Start a session for ``user`` in ``client.app``'s store and give ``client`` its cookie."""
+async def login_client(
+    client: Any,
+    user: Any,
+    *,
+    remember: bool = False,
+    fresh: bool = True,
+    amr: Iterable[str] | str = DEFAULT_AMR,
+    aal: int | None = None,
+) -> AuthSession:
+    """Start a session for ``user`` in ``client.app``'s store and give ``client`` its cookie.
+
+    ``amr`` and ``aal`` as for ``login_user`` (``amr=("pwd", "otp")`` for a session at level 2).
+    """
     app = client.app
+    methods = normalize_amr(amr)
     async with app.app_context():
         login = app_login()
         new = NewSession(
-            user_id=user.id, remember=remember, fresh=fresh, ip="127.0.0.1", user_agent="quart_login.testing"
+            user_id=user.id,
+            remember=remember,
+            fresh=fresh,
+            ip="127.0.0.1",
+            user_agent="quart_login.testing",
+            amr=methods,
+            aal=assurance_level(methods) if aal is None else aal,
         )
         token, record = await login.store.start(new, login.lifetimes)
         cookie = login.cookie

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -12,8 +12,8 @@ from quart_auth import Action, AuthUser
 from werkzeug.local import LocalProxy
 
 from . import signals
-from .login_manager import _STATE, EXTENSION, AppLogin, LoginState
-from .store import AuthSession, NewSession, utcnow
+from .login_manager import _STATE, EXTENSION, AppLogin, LoginState, _call
+from .store import DEFAULT_AMR, AuthSession, NewSession, assurance_level, normalize_amr, utcnow
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -62,6 +62,8 @@ async def login_user(
     duration: timedelta | None = None,
     force: bool = False,
     fresh: bool = True,
+    amr: Iterable[str] | str = DEFAULT_AMR,
+    aal: int | None = None,
 ) -> bool:
     """Start a server-side session for ``user`` and set its cookie on this response.
 
@@ -71,9 +73,16 @@ async def login_user(
     REMEMBER_DURATION as its max age); ``fresh=False`` starts a session
     that ``fresh_login_required`` does not accept until ``confirm_login()``.
     Logging in again (or as someone else) replaces this browser's session.
+
+    ``amr``: the methods the user presented (``"pwd"``, ``"otp"``, ``"rec"``,
+    ``"webauthn"``...), kept with the session; its level is
+    ``assurance_level(amr)`` unless ``aal`` says otherwise (``aal=1`` for a
+    passkey used without user verification, say).
     """
     if not force and not user.is_active:
         return False
+    methods = normalize_amr(amr)
+    level = assurance_level(methods) if aal is None else _level(aal)
     login = app_login()
     state = login_state()
     new = NewSession(
@@ -84,6 +93,8 @@ async def login_user(
         user_agent=request.headers.get("User-Agent"),
         # At most REMEMBER_DURATION: the cookie's signature is not accepted for longer.
         duration=min(duration.total_seconds(), login.lifetimes.remember) if duration is not None else None,
+        amr=methods,
+        aal=level,
     )
     token, record = await login.store.start(new, login.lifetimes, replaces=state.token)
     login.cookie.login_user(AuthUser(token, Action.WRITE_PERMANENT if remember else Action.WRITE))
@@ -125,13 +136,54 @@ async def rotate_session() -> bool:
     return True
 
 
-async def confirm_login() -> None:
-    """Mark this session fresh again (after the user re-entered a credential)."""
+def _level(aal: int) -> int:
+    if isinstance(aal, bool) or not isinstance(aal, int) or aal < 1:
+        raise ValueError(f"an assurance level is an int from 1: {aal!r}")
+    return aal
+
+
+async def _present(methods: Iterable[str] | str, aal: int | None) -> tuple[LoginState, tuple[str, ...]] | None:
+    """Record in this request's session that ``methods`` were presented now; None without a session."""
     state = login_state()
-    if state.auth_session is None:
-        return
-    state.auth_session = await app_login().store.confirm(state.auth_session)
-    await signals.send(signals.user_login_confirmed, user=state.user)
+    record = state.auth_session
+    presented = normalize_amr(methods)
+    if record is None:
+        return None
+    amr = normalize_amr((*record.amr, *presented))
+    # The level never drops within a session: a factor presented again adds nothing, takes nothing away.
+    level = max(record.aal, assurance_level(amr), 0 if aal is None else _level(aal))
+    store = app_login().store
+    if amr == tuple(record.amr) and level == record.aal:
+        state.auth_session = await store.confirm(record)  # only auth_time moves
+    else:
+        state.auth_session = await store.confirm(record, amr=amr, aal=level)
+    return state, presented
+
+
+async def confirm_login(methods: Iterable[str] | str = DEFAULT_AMR, *, aal: int | None = None) -> None:
+    """Mark this session fresh again (after the user re-entered a credential: by default a password).
+
+    As ``step_up``, with ``user_login_confirmed`` sent instead of ``user_stepped_up``.
+    """
+    done = await _present(methods, aal)
+    if done is not None:
+        await signals.send(signals.user_login_confirmed, user=done[0].user)
+
+
+async def step_up(methods: Iterable[str] | str, *, aal: int | None = None) -> AuthSession | None:
+    """Record that the user presented ``methods`` (``"otp"``, ``["webauthn"]``) in this session, now.
+
+    ``auth_time`` moves to now, the methods join the session's ``amr`` and
+    its ``aal`` is recomputed (``assurance_level``; ``aal`` raises it further,
+    never lowers it). Returns the updated record, or None without a session.
+    Sends ``user_stepped_up``.
+    """
+    done = await _present(methods, aal)
+    if done is None:
+        return None
+    state, presented = done
+    await signals.send(signals.user_stepped_up, user=state.user, auth_session=state.auth_session, methods=presented)
+    return state.auth_session
 
 
 def login_fresh() -> bool:
@@ -142,6 +194,20 @@ def login_fresh() -> bool:
     window = app_login().config["FRESH_LOGIN_WINDOW"]
     window = window.total_seconds() if isinstance(window, timedelta) else window
     return (utcnow() - record.auth_time).total_seconds() <= window
+
+
+def current_aal() -> int:
+    """The assurance level of this request's session (``AuthSession.aal``); 0 without a session."""
+    record = current_auth_session()
+    return 0 if record is None else record.aal
+
+
+def auth_age() -> float | None:
+    """Seconds since a factor was last presented in this session (``auth_time``); None if never, or no session."""
+    record = current_auth_session()
+    if record is None or record.auth_time is None:
+        return None
+    return (utcnow() - record.auth_time).total_seconds()
 
 
 def _exempt() -> bool:
@@ -213,3 +279,83 @@ def fresh_login_required(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitab
         return await current_app.ensure_async(func)(*args, **kwargs)
 
     return wrapper
+
+
+# -- assurance: how, and how recently, the session was authenticated -------------------------
+
+_PASS = object()
+Check = Callable[[Any], Awaitable[Any]]
+
+
+def _assured(func: Callable[P, Awaitable[T]], check: Check) -> Callable[P, Awaitable[T]]:
+    """``login_required`` around ``func``, then ``check(manager)``: ``_PASS``, or the answer to give instead."""
+
+    @wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        if not _exempt():
+            manager = app_login().manager
+            if not current_user.is_authenticated:
+                return await manager.unauthorized()
+            if manager.has_requirements and (name := await _unmet(manager, wrapper)) is not None:
+                return await manager.requirement_failed(name)
+            if (answer := await check(manager)) is not _PASS:
+                return answer
+        return await current_app.ensure_async(func)(*args, **kwargs)
+
+    return wrapper
+
+
+def aal_required(
+    level: int | Callable[[Any], int | None | Awaitable[int | None]],
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Like ``login_required``, and the session must be at assurance level ``level`` or above.
+
+    A session below it gets ``LoginManager.needs_step_up(aal=level)``.
+    ``level`` may be a function of the user, sync or async (``lambda user: 2
+    if user.has_second_factor else 1``; None or 0: no level asked). The level
+    is the session's, however long ago it was reached: add ``factor_within``
+    for a recent one::
+
+        @app.post("/account/password")
+        @aal_required(2)
+        @factor_within(300)
+        async def change_password(): ...
+    """
+    if not callable(level):
+        _level(level)
+
+    def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        async def check(manager: Any) -> Any:
+            needed = await _call(level, current_user._get_current_object()) if callable(level) else level
+            if needed and current_aal() < needed:
+                return await manager.needs_step_up(aal=needed)
+            return _PASS
+
+        return _assured(func, check)
+
+    return decorate
+
+
+def factor_within(
+    seconds: float | timedelta,
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Like ``login_required``, and a factor must have been presented in this session within ``seconds``.
+
+    A session whose ``auth_time`` is older (or unset) gets
+    ``LoginManager.needs_step_up(max_age=seconds)``. ``fresh_login_required``
+    is this with ``FRESH_LOGIN_WINDOW`` and Flask-Login's ``needs_refresh`` answer.
+    """
+    window = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+    if window < 0:
+        raise ValueError(f"factor_within needs a number of seconds from 0: {seconds!r}")
+
+    def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        async def check(manager: Any) -> Any:
+            age = auth_age()
+            if age is None or age > window:
+                return await manager.needs_step_up(max_age=window)
+            return _PASS
+
+        return _assured(func, check)
+
+    return decorate

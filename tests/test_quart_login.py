@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from quart import Blueprint, Quart, get_flashed_messages, render_template_string, request, websocket
 from quart.testing import WebsocketResponseError
 from sqlalchemy import Boolean, DateTime, ForeignKey, String, event, select, update
@@ -123,6 +125,8 @@ def build_app(load_user: Callable[[str], Awaitable[Any]], config: dict | None = 
             remember=args.get("remember") == "1",
             force=args.get("force") == "1",
             fresh=args.get("fresh", "1") == "1",
+            amr=tuple(args.get("amr", "pwd").split(",")),
+            aal=int(args["aal"]) if "aal" in args else None,
         )
         return {"ok": ok, "current": getattr(current_user, "display_name", None)}
 
@@ -861,6 +865,8 @@ class MemoryStore:
             auth_time=now if new.fresh else None,
             ip=new.ip,
             user_agent=new.user_agent,
+            amr=new.amr,
+            aal=new.aal,
         )
         self.sessions[token_digest(token)] = record
         return token, record
@@ -886,8 +892,13 @@ class MemoryStore:
                 return token
         return None
 
-    async def confirm(self, auth_session):
-        changed = auth_session.with_changes(auth_time=utcnow())
+    async def confirm(self, auth_session, *, amr=None, aal=None):
+        changes = {"auth_time": utcnow()}
+        if amr is not None:
+            changes["amr"] = tuple(amr)
+        if aal is not None:
+            changes["aal"] = aal
+        changed = auth_session.with_changes(**changes)
         for digest, record in self.sessions.items():
             if record.id == auth_session.id:
                 self.sessions[digest] = changed
@@ -1088,3 +1099,400 @@ async def test_a_requirement_without_a_handler_is_403(make_env):
     bob = env.client()
     await env.login(bob, "bob")
     assert (await bob.get("/protected")).status_code == 403
+
+
+# -- assurance: amr, aal, step-up, aal_required, factor_within ----------------------------
+
+
+STEP_UP_MESSAGE = quart_login.DEFAULTS["STEP_UP_MESSAGE"]
+JSON = {"Accept": "application/json"}
+
+
+def _assurance_routes(app: Quart, _maker) -> None:
+    @app.post("/step-up")
+    @login_required
+    async def do_step_up():
+        aal = request.args.get("aal")
+        record = await quart_login.step_up(request.args["methods"].split(","), aal=int(aal) if aal else None)
+        return {
+            "amr": list(record.amr),
+            "aal": record.aal,
+            "current_aal": quart_login.current_aal(),
+            "auth_age": quart_login.auth_age(),
+        }
+
+    @app.get("/assurance")
+    async def assurance():
+        record = quart_login.current_auth_session()
+        return {
+            "amr": None if record is None else list(record.amr),
+            "aal": quart_login.current_aal(),
+            "auth_age": quart_login.auth_age(),
+        }
+
+    @app.get("/aal2")
+    @quart_login.aal_required(2)
+    async def aal2():
+        return "aal2"
+
+    async def level_of(user) -> int:
+        return 2 if user.is_admin else 1
+
+    @app.get("/aal-admin")
+    @quart_login.aal_required(level_of)
+    async def aal_admin():
+        return "aal admin"
+
+    @app.get("/within")
+    @quart_login.factor_within(60)
+    async def within():
+        return "within"
+
+    @app.get("/within-td")
+    @quart_login.factor_within(timedelta(minutes=1))
+    async def within_td():
+        return "within td"
+
+    @app.get("/both")
+    @quart_login.aal_required(2)
+    @quart_login.factor_within(60)
+    async def both():
+        return "both"
+
+    @app.websocket("/ws/aal2")
+    @quart_login.aal_required(2)
+    async def ws_aal2():
+        await websocket.send("aal2")
+
+
+@pytest.fixture
+async def assured(make_env) -> Env:
+    return await make_env(routes=_assurance_routes)
+
+
+@pytest.mark.parametrize(
+    ("amr", "aal"),
+    [
+        ((), 1),
+        (("pwd",), 1),
+        (("otp",), 1),  # one factor, whichever it is
+        (("rec",), 1),
+        (("pwd", "otp"), 2),
+        (("pwd", "rec"), 2),
+        (("pwd", "webauthn"), 2),
+        (("webauthn",), 2),  # a passkey with user verification
+        (("pwd", "sms-ish"), 1),  # a name the extension does not know adds nothing
+    ],
+)
+def test_assurance_level_is_two_for_two_kinds_of_factor_or_a_passkey(amr, aal):
+    assert quart_login.assurance_level(amr) == aal
+
+
+@pytest.mark.parametrize("bad", ["pwd,otp", "", "PWD", "a" * 17, 7, ["pwd", None]])
+def test_a_bad_method_name_is_refused(bad):
+    from quart_login.store import normalize_amr
+
+    with pytest.raises(ValueError):
+        normalize_amr(bad if isinstance(bad, list) else [bad])
+
+
+def test_methods_are_kept_once_in_the_order_first_presented():
+    from quart_login.store import normalize_amr
+
+    assert normalize_amr("otp") == ("otp",)
+    assert normalize_amr(["pwd", "otp", "pwd", "rec"]) == ("pwd", "otp", "rec")
+    with pytest.raises(ValueError):
+        normalize_amr([f"m{i:02d}" for i in range(20)])  # longer than the column's 64 characters
+
+
+@pytest.mark.parametrize(
+    ("args", "amr", "aal"),
+    [
+        ({}, ("pwd",), 1),
+        ({"amr": "pwd,otp"}, ("pwd", "otp"), 2),
+        ({"amr": "webauthn"}, ("webauthn",), 2),
+        ({"amr": "webauthn", "aal": "1"}, ("webauthn",), 1),  # a passkey without user verification
+    ],
+)
+async def test_login_user_records_the_methods_and_their_level(assured, args, amr, aal):
+    """login_user keeps amr (a tuple; "pwd,otp" in the column) and aal on the row and this request's record."""
+    client = assured.client()
+    await assured.login(client, **args)
+    [row] = await assured.sessions()
+    assert (row.amr, row.aal) == (amr, aal)
+    async with assured.engine.connect() as connection:
+        [stored] = (await connection.exec_driver_sql("SELECT amr FROM ql_auth_sessions")).scalars()
+    assert stored == ",".join(amr)
+    seen = await (await client.get("/assurance")).get_json()
+    assert (tuple(seen["amr"]), seen["aal"]) == (amr, aal)
+    assert 0 <= seen["auth_age"] < 60
+
+
+async def test_step_up_adds_the_factor_raises_the_level_and_moves_auth_time(assured):
+    """step_up: the method joins amr, aal is recomputed (never lowered), auth_time is now; user_stepped_up is sent."""
+    client = assured.client()
+    await assured.login(client, fresh="0")
+    assert (await assured.sessions())[0].auth_time is None
+    sent: list[dict] = []
+
+    def receiver(sender, **kwargs):
+        sent.append(kwargs)
+
+    with receiving(quart_login.user_stepped_up, receiver):
+        body = await (await client.post("/step-up", query_string={"methods": "otp"})).get_json()
+    assert body["amr"] == ["pwd", "otp"] and body["aal"] == 2 and body["current_aal"] == 2
+    assert 0 <= body["auth_age"] < 5
+    [row] = await assured.sessions()
+    assert (row.amr, row.aal) == (("pwd", "otp"), 2)
+    assert row.auth_time is not None
+    [signal] = sent
+    assert signal["methods"] == ("otp",) and signal["auth_session"].aal == 2
+    assert signal["user"].get_id() == str(assured.ids["alice"])
+
+    # A password presented again later: auth_time moves, the methods and the level stay.
+    old = utcnow() - timedelta(hours=1)
+    await assured.age_sessions(auth_time=old)
+    body = await (await client.post("/step-up", query_string={"methods": "pwd"})).get_json()
+    assert body["amr"] == ["pwd", "otp"] and body["aal"] == 2
+    [row] = await assured.sessions()
+    assert row.auth_time > old + timedelta(minutes=59)
+    # An explicit level raises it, never lowers it.
+    body = await (await client.post("/step-up", query_string={"methods": "pwd", "aal": "1"})).get_json()
+    assert body["aal"] == 2
+    body = await (await client.post("/step-up", query_string={"methods": "webauthn", "aal": "3"})).get_json()
+    assert (body["amr"], body["aal"]) == (["pwd", "otp", "webauthn"], 3)
+
+
+async def test_confirm_login_records_a_password_and_keeps_flask_logins_signal(assured):
+    """confirm_login(): auth_time now, "pwd" in amr (already there), user_login_confirmed, not user_stepped_up."""
+    client = assured.client()
+    await assured.login(client, amr="otp")  # (an odd login, to see "pwd" join)
+    stepped: list[dict] = []
+    with receiving(quart_login.user_stepped_up, lambda sender, **kwargs: stepped.append(kwargs)):
+        assert (await client.post("/confirm")).status_code == 200
+    [row] = await assured.sessions()
+    assert (row.amr, row.aal) == (("otp", "pwd"), 2)
+    assert stepped == []
+
+
+async def test_aal_required_answers_a_step_up_until_a_second_factor(assured):
+    """aal_required(2): anonymous 401 (unauthorized); AAL 1: 401 {"error": STEP_UP_MESSAGE}; after step_up: 200."""
+    client = assured.client()
+    assert (await client.get("/aal2", headers=JSON)).status_code == 401
+    await assured.login(client)
+    response = await client.get("/aal2", headers=JSON)
+    assert response.status_code == 401
+    assert await response.get_json() == {"error": STEP_UP_MESSAGE}
+    assert (await client.get("/aal2")).status_code == 401  # no STEP_UP_VIEW: 401 for browsers too
+    await client.post("/step-up", query_string={"methods": "otp"})
+    assert await (await client.get("/aal2")).get_data(as_text=True) == "aal2"
+
+    other = assured.client()
+    await assured.login(other, amr="pwd,rec")
+    assert (await other.get("/aal2")).status_code == 200
+
+
+async def test_aal_required_takes_a_level_per_user(assured):
+    """aal_required(level_of): the level may depend on the user (async here): 2 for alice, 1 for bob."""
+    alice, bob = assured.client(), assured.client()
+    await assured.login(alice, "alice")
+    await assured.login(bob, "bob")
+    assert (await alice.get("/aal-admin")).status_code == 401
+    assert (await bob.get("/aal-admin")).status_code == 200
+    await alice.post("/step-up", query_string={"methods": "webauthn"})
+    assert (await alice.get("/aal-admin")).status_code == 200
+
+
+async def test_factor_within_refuses_an_old_or_missing_auth_time(assured):
+    """factor_within(60): a factor 61 s ago or never (fresh=False) gets the step-up answer; a step-up cures it."""
+    client = assured.client()
+    await assured.login(client)
+    for path in ("/within", "/within-td"):
+        assert (await client.get(path)).status_code == 200
+    await assured.age_sessions(auth_time=utcnow() - timedelta(seconds=61))
+    for path in ("/within", "/within-td"):
+        response = await client.get(path, headers=JSON)
+        assert response.status_code == 401 and await response.get_json() == {"error": STEP_UP_MESSAGE}
+    assert (await client.get("/protected")).status_code == 200  # still logged in
+    await client.post("/step-up", query_string={"methods": "pwd"})
+    assert (await client.get("/within")).status_code == 200
+
+    await assured.login(client, fresh="0")
+    assert (await client.get("/within")).status_code == 401
+
+
+async def test_aal_required_and_factor_within_stack(assured):
+    client = assured.client()
+    await assured.login(client, amr="pwd,otp")
+    assert (await client.get("/both")).status_code == 200
+    await assured.age_sessions(auth_time=utcnow() - timedelta(seconds=61))
+    assert (await client.get("/both")).status_code == 401  # AAL 2, but not recent
+    await assured.login(client)
+    assert (await client.get("/both")).status_code == 401  # recent, but AAL 1
+
+
+async def test_step_up_view_redirects_browsers_with_the_message(make_env):
+    """With STEP_UP_VIEW, a browser is redirected there with next and STEP_UP_MESSAGE flashed; JSON still 401."""
+    env = await make_env({"QUART_LOGIN_STEP_UP_VIEW": "reauth"}, routes=_assurance_routes)
+    client = env.client()
+    await env.login(client)
+    response = await client.get("/aal2?x=1", headers={"Accept": "text/html"})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/reauth?next=%2Faal2%3Fx%3D1"
+    page = await (await client.get("/reauth")).get_json()
+    assert page["flashed"] == [["message", STEP_UP_MESSAGE]]
+    assert (await client.get("/aal2", headers=JSON)).status_code == 401
+    env.manager.step_up_view = "login"  # the attribute wins, as for the other views
+    assert (await client.get("/aal2")).headers["Location"] == "/login?next=%2Faal2"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_needs_step_up_handler_gets_the_level_or_the_age_asked(assured, kind):
+    """needs_step_up_handler (sync or async) answers instead of the default, with aal= and max_age=."""
+    asked: list[dict] = []
+
+    def handler(**kwargs):
+        asked.append(kwargs)
+        return {"step_up": kwargs}, 403
+
+    async def handler_async(**kwargs):
+        return handler(**kwargs)
+
+    assured.manager.needs_step_up_handler(handler if kind == "sync" else handler_async)
+    signalled: list[dict] = []
+    client = assured.client()
+    await assured.login(client, fresh="0")
+    with receiving(quart_login.user_needs_step_up, lambda sender, **kwargs: signalled.append(kwargs)):
+        response = await client.get("/aal2")
+        assert (response.status_code, await response.get_json()) == (403, {"step_up": {"aal": 2, "max_age": None}})
+        response = await client.get("/within")
+        assert (response.status_code, await response.get_json()) == (403, {"step_up": {"aal": None, "max_age": 60}})
+    assert asked == signalled == [{"aal": 2, "max_age": None}, {"aal": None, "max_age": 60.0}]
+
+
+async def test_assurance_decorators_keep_requirements_and_exemptions(make_env):
+    """aal_required runs the requirements first (their answer wins) and honours exempt_from."""
+    manager = LoginManager()
+    manager.requirement("admin")(lambda user: user.is_admin)
+
+    def routes(app, maker):
+        _assurance_routes(app, maker)
+
+        @app.get("/aal2-exempt")
+        @quart_login.aal_required(2)
+        @quart_login.exempt_from("admin")
+        async def aal2_exempt():
+            return "exempt"
+
+    env = await make_env(manager=manager, routes=routes)
+    bob = env.client()
+    await env.login(bob, "bob", amr="pwd,otp")
+    assert (await bob.get("/aal2")).status_code == 403  # the requirement
+    assert (await bob.get("/aal2-exempt")).status_code == 200
+
+
+async def test_aal_required_on_a_websocket_refuses_the_handshake(assured):
+    client = assured.client()
+    await assured.login(client)
+    with pytest.raises(WebsocketResponseError) as refused:
+        async with client.websocket("/ws/aal2") as ws:
+            await ws.receive()
+    assert refused.value.response.status_code == 401
+    await client.post("/step-up", query_string={"methods": "otp"})
+    async with client.websocket("/ws/aal2") as ws:
+        assert await ws.receive() == "aal2"
+
+
+def test_decorators_refuse_a_bad_level_or_window():
+    with pytest.raises(ValueError):
+        quart_login.aal_required(0)
+    with pytest.raises(ValueError):
+        quart_login.factor_within(-1)
+
+
+async def test_a_request_at_aal_2_through_aal_required_is_one_statement(assured):
+    """The extra columns ride on the one resolve query: aal_required and factor_within cost no statement."""
+    client = assured.client()
+    await assured.login(client, amr="pwd,otp")
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    event.listen(assured.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        response = await client.get("/both")
+    finally:
+        event.remove(assured.engine.sync_engine, "before_cursor_execute", count)
+    assert response.status_code == 200
+    assert len(statements) == 1, statements
+
+
+async def test_a_raw_lookup_decodes_amr_as_the_store_does(assured):
+    """compile_for's resolve statement (a driver's own connection) gives amr as a tuple too."""
+    import sqlite3
+
+    from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+
+    response = await assured.login(assured.client(), amr="pwd,otp")
+    token = assured.app.extensions["quart_login"].cookie.load_token(cookie_value(response), app=assured.app)
+    resolve = assured.store.compile_for(sqlite_dialect())["resolve"]
+    path = assured.engine.url.database
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        found = connection.execute(resolve.sql, resolve.params(digest=token_digest(token), now=utcnow())).fetchone()
+    record = assured.store.build(resolve.decode(found)).auth_session
+    assert (record.amr, record.aal) == (("pwd", "otp"), 2)
+
+
+async def test_the_in_memory_store_steps_up_too():
+    """The protocol's confirm(amr=, aal=) in a store of one's own: MemoryStore serves aal_required."""
+    users = {"1": LoadedUser(1, "Memory One")}
+
+    async def load_user(name):
+        return users[name]
+
+    app = build_app(load_user)
+    _assurance_routes(app, None)
+    store = MemoryStore()
+    manager = LoginManager(store=store)
+    manager.user_loader(users.get)
+    manager.init_app(app)
+    async with app.test_app():
+        client = app.test_client()
+        await client.post("/do-login/1")
+        assert (await client.get("/aal2")).status_code == 401
+        await client.post("/step-up", query_string={"methods": "otp"})
+        assert (await client.get("/aal2")).status_code == 200
+        [record] = store.sessions.values()
+        assert (record.amr, record.aal) == (("pwd", "otp"), 2)
+
+
+async def test_login_client_takes_the_methods(assured):
+    record = await login_client(client := assured.client(), await assured.user("alice"), amr=("pwd", "otp"))
+    assert (record.amr, record.aal) == (("pwd", "otp"), 2)
+    assert (await client.get("/aal2")).status_code == 200
+
+
+# Known names and others (at most 6 characters: eight of them still fit the column's 64).
+_METHOD_NAMES = st.one_of(
+    st.sampled_from(["pwd", "otp", "rec", "webauthn"]), st.from_regex(r"[a-z][a-z0-9_-]{0,5}", fullmatch=True)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=st.lists(_METHOD_NAMES, max_size=4), more=st.lists(_METHOD_NAMES, max_size=4))
+def test_amr_round_trips_and_the_level_never_drops_as_methods_are_added(first, more):
+    """Any valid list: the column's text reads back as the same tuple; adding methods never lowers the level."""
+    from quart_login.sqlalchemy_store import MethodList
+    from quart_login.store import normalize_amr
+
+    amr = normalize_amr(first)
+    assert normalize_amr(amr) == amr
+    column = MethodList()
+    stored = column.process_bind_param(amr, None)
+    assert "," not in "".join(amr) and len(stored) <= 64
+    assert column.process_result_value(stored, None) == amr
+    merged = normalize_amr((*amr, *more))
+    assert merged[: len(amr)] == amr
+    assert quart_login.assurance_level(merged) >= quart_login.assurance_level(amr)
+    assert quart_login.assurance_level(merged) in (1, 2)
