@@ -120,7 +120,8 @@ async def test_api_sessions_lists_this_users_sessions_without_secrets(app):
     listed = await response.get_json()
     assert response.status_code == 200
     assert len(listed) == 2
-    assert {tuple(sorted(s)) for s in listed} == {("created_at", "current", "id", "ip", "last_seen_at", "user_agent")}
+    fields = ("aal", "amr", "auth_time", "created_at", "current", "id", "ip", "last_seen_at", "user_agent")
+    assert {tuple(sorted(s)) for s in listed} == {fields}
     assert [s["current"] for s in listed].count(True) == 1
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", s["created_at"]) for s in listed)
     raw = await response.get_data(as_text=True)

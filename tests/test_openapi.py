@@ -144,7 +144,7 @@ async def test_no_documented_response_carries_a_password(client):
     """The public user and session bodies have no password or hash field."""
     schemas = (await openapi(client))["components"]["schemas"]
     assert set(schemas["PublicUser"]["properties"]) == {"id", "username", "email"}
-    session_fields = {"id", "created_at", "last_seen_at", "ip", "user_agent", "current"}
+    session_fields = {"id", "created_at", "last_seen_at", "ip", "user_agent", "current", "amr", "auth_time", "aal"}
     assert set(schemas["SessionInfo"]["properties"]) == session_fields
 
 

@@ -61,6 +61,13 @@ Password = Annotated[
     ),
 ]
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"}, examples=["2026-01-01T12:00:00Z"])]
+AuthMethod = Annotated[
+    str,
+    Field(
+        description="`pwd` (password), `otp` (authenticator app), `rec` (recovery code) or `webauthn` (passkey).",
+        examples=["pwd"],
+    ),
+]
 
 
 # -- requests ------------------------------------------------------------------
@@ -150,6 +157,13 @@ class SessionInfo(BaseModel):
     ip: str | None
     user_agent: str | None
     current: bool = Field(description="True for the session that made this request.")
+    amr: list[AuthMethod] = Field(
+        description="How the session was authenticated: the methods presented in it, in the order first presented."
+    )
+    auth_time: Timestamp | None = Field(
+        description="When a factor was last presented in this session (null: never since it began)."
+    )
+    aal: int = Field(ge=1, description="Authenticator assurance level: 1 for one factor, 2 for two (or a passkey).")
 
 
 class ErrorBody(BaseModel):

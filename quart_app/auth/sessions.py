@@ -33,7 +33,12 @@ def get_store() -> SQLAlchemyAuthSessionStore:
 
 
 def describe(record: AuthSession) -> dict[str, object]:
-    """A session as the account page and the API show it (the id is not the cookie's secret)."""
+    """A session as the account page and the API show it (the id is not the cookie's secret).
+
+    ``amr``, ``auth_time`` and ``aal``: how it was authenticated (the methods, in
+    the order first presented), when a factor was last presented in it (None:
+    never, since it began), and the assurance level those methods reach.
+    """
     current = current_auth_session()
 
     def iso(moment: datetime) -> str:
@@ -46,4 +51,7 @@ def describe(record: AuthSession) -> dict[str, object]:
         "ip": record.ip,
         "user_agent": record.user_agent,
         "current": current is not None and current.id == record.id,
+        "amr": list(record.amr),
+        "auth_time": None if record.auth_time is None else iso(record.auth_time),
+        "aal": record.aal,
     }
