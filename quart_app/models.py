@@ -186,3 +186,28 @@ class RecoveryCode(Base):
     digest: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class MfaPending(Base):
+    """A login waiting for its second factor: the password was right, no session yet (quart_app/auth/pending.py).
+
+    Its client holds a random secret in the ``quart_app_mfa`` cookie; only the
+    secret's SHA-256 is kept here. It ends with a right code, after
+    ``pending.MAX_FAILURES`` wrong ones, at logout, or at ``expires_at``
+    (``QUART_APP_MFA_PENDING_TTL`` after the password).
+    """
+
+    __tablename__ = "mfa_pending"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, index=True)
+    # What the final session gets: a persistent cookie, and where the browser goes.
+    remember: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
+    next: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+
+    def __repr__(self) -> str:  # never the digest
+        return f"<MfaPending {self.id} of user {self.user_id}>"

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, RootModel, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 from quart import current_app
 from quart_schema import (
@@ -91,6 +91,17 @@ class LoginRequest(BaseModel):
     )
 
 
+class SecondFactorRequest(BaseModel):
+    """The second factor of a pending login (the ``quart_app_mfa`` cookie the password answer set)."""
+
+    code: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The 6-digit code the authenticator app shows now, or an unused recovery code (`xxxxx-xxxxx`).",
+        examples=["123456"],
+    )
+
+
 class PasswordChangeRequest(BaseModel):
     """The current password and the new one."""
 
@@ -140,6 +151,33 @@ class PublicUser(BaseModel):
     id: int
     username: str
     email: str
+
+
+class MfaRequired(BaseModel):
+    """The password was right, but the account has a second factor: no session yet.
+
+    A pending login is bound to this client by its own cookie (`quart_app_mfa`,
+    for `QUART_APP_MFA_PENDING_TTL` seconds); `POST /api/login/2fa` with a code finishes it.
+    """
+
+    mfa_required: Literal[True]
+    methods: list[Literal["totp", "recovery_code"]] = Field(
+        description="What `POST /api/login/2fa` takes: a code of the authenticator app, or a recovery code.",
+        examples=[["totp", "recovery_code"]],
+    )
+
+
+class LoginAnswer(RootModel[PublicUser | MfaRequired]):
+    """The public user (logged in), or, for an account with a second factor, that a code is required."""
+
+
+class SecondFactorLogin(PublicUser):
+    """The user, logged in with two factors."""
+
+    recovery_codes_left: int | None = Field(
+        ge=0,
+        description="When a recovery code was used: how many unused ones are left (null for an authenticator code).",
+    )
 
 
 class Me(PublicUser):

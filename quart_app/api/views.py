@@ -10,19 +10,22 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..auth import current_user, exempt_from, login_required, logout_user, recovery, service
+from ..auth import current_user, exempt_from, login_required, logout_user, pending, recovery, service
 from ..exceptions import HTTPError
 from ..models import MAX_ID
 from .schemas import (
     Accepted,
     EmailChangeRequest,
     ForgotPasswordRequest,
+    LoginAnswer,
     LoginRequest,
     Me,
     PasswordChangeRequest,
     PublicUser,
     RegisterRequest,
     ResetPasswordRequest,
+    SecondFactorLogin,
+    SecondFactorRequest,
     SessionInfo,
     VerifyEmailRequest,
     body,
@@ -188,12 +191,34 @@ async def register():
 
 @bp.post("/login")
 @body(LoginRequest)
-@returns(PublicUser, 200)
+@returns(LoginAnswer, 200)
 @errors(400, 401, 403, 413, 415, 429, 503)
 async def login():
-    """Log in by username or email: 200 with the public user, or 401."""
-    user = await service.authenticate(await json_body())
-    return user.public(), 200
+    """Log in by username or email: 200 with the public user, or 401.
+
+    For an account with a second factor, the right password gives no session:
+    200 `{"mfa_required": true, "methods": [...]}` and a pending login bound
+    to this client (the `quart_app_mfa` cookie), finished by `POST /api/login/2fa`.
+    """
+    answer = await service.authenticate(await json_body())
+    return answer.public(), 200
+
+
+@bp.post("/login/2fa")
+@body(SecondFactorRequest)
+@returns(SecondFactorLogin, 200)
+@errors(400, 401, 403, 413, 415, 429, 503)
+async def login_2fa():
+    """Finish a pending login with a code: 200 with the public user (logged in, AAL 2).
+
+    A code of the authenticator app (each works once) or an unused recovery
+    code (a notice is mailed; `recovery_codes_left` says how many remain).
+    401 without a pending login for this client (none, expired, finished, or
+    ended by too many wrong codes) and for a wrong code; 429 (`Retry-After`)
+    once the login throttle refuses this account or client.
+    """
+    done = await pending.complete(await json_body())
+    return {**done.user.public(), "recovery_codes_left": done.recovery_codes_left}, 200
 
 
 @bp.post("/logout")
@@ -205,6 +230,7 @@ async def login():
 async def logout():
     """End this session on the server: 204."""
     await json_body(optional=True)
+    await pending.discard()
     await logout_user()
     return Response(status=204)
 

@@ -17,7 +17,7 @@ from ..db import commit_pending, get_db, run_unit
 from ..exceptions import HTTPError
 from ..mail import queue_mail
 from ..models import User
-from . import tokens
+from . import mfa, pending, tokens
 from .events import audit
 from .passwords import check_new_password
 from .sessions import describe, get_store
@@ -149,8 +149,15 @@ async def _verify(attempt: Attempt | None, stored_hash: str | None, password: st
         raise
 
 
-async def authenticate(data: Mapping[str, Any]) -> User:
-    """Check the credentials (username or email) and log in; the same 401 for every failure."""
+async def authenticate(data: Mapping[str, Any], *, next_page: str | None = None) -> User | pending.MfaRequired:
+    """Check the credentials (username or email) and log in; the same 401 for every failure.
+
+    For an account with a second factor, a right password logs nobody in: it
+    opens a pending login bound to this client (``pending.start``, keeping
+    remember-me and ``next_page``) and answers ``pending.MfaRequired``; the
+    code finishes it (``pending.complete``). That costs about what a wrong
+    password does (the same hash verification, then one small write).
+    """
     creds = validate_credentials(data)
     ident = creds.identifier
     user = await _find(ident)
@@ -175,6 +182,12 @@ async def authenticate(data: Mapping[str, Any]) -> User:
         raise HTTPError(401, LOGIN_FAILED)
     if verdict.needs_rehash:
         await _upgrade_hash(user, creds.password)
+    if await mfa.has_second_factor(user):
+        # Neither a success nor a failure yet: only the right code clears the
+        # account's failures (the password alone must not reset wrong codes).
+        if attempt is not None:
+            await get_throttle().cancelled(attempt)
+        return await pending.start(user, remember=creds.remember, next_page=next_page)
     if attempt is not None:
         await get_throttle().succeeded(attempt)
     await commit_pending()

@@ -6,7 +6,16 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, flash, redirect, request, url_for
 
-from ..auth import current_auth_session, current_user, exempt_from, login_required, logout_user, recovery, service
+from ..auth import (
+    current_auth_session,
+    current_user,
+    exempt_from,
+    login_required,
+    logout_user,
+    pending,
+    recovery,
+    service,
+)
 from ..auth.validation import ValidationError
 from ..core.config import get_settings
 from ..core.csrf import UNSAFE_METHODS, require_csrf_token
@@ -76,7 +85,7 @@ async def login():
     form = await request.form
     values = {"username": form.get("username", ""), "remember": bool(form.get("remember"))}
     try:
-        user = await service.authenticate(form)
+        user = await service.authenticate(form, next_page=next_page)
     except ValidationError as exc:
         return (
             await render("login.html", values=values, errors=exc.fields, message=exc.message, next=next_page),
@@ -88,14 +97,40 @@ async def login():
             exc.status,
             exc.headers,
         )
+    if isinstance(user, pending.MfaRequired):  # the password was right; the code is asked next (``next`` kept)
+        return redirect(url_for("pages.login_2fa"))
     await flash(f"Welcome back, {user.username}!", "success")
     return redirect(safe_next(next_page))
+
+
+@bp.route("/login/2fa", methods=["GET", "POST"])
+async def login_2fa():
+    """The second step of a login with a second factor: a code finishes the pending login (else 401)."""
+    if request.method == "GET":
+        if not await pending.is_waiting():
+            return await render("login_2fa.html", waiting=False, errors={}, message=pending.NO_PENDING), 401
+        return await render("login_2fa.html", waiting=True, errors={})
+    form = await request.form
+    try:
+        done = await pending.complete(form)
+    except HTTPError as exc:
+        # A wrong code or the throttle leave the pending login on: the form again; else, back to the login.
+        waiting = exc.status in (400, 429) or bool(exc.fields)
+        page = await render("login_2fa.html", waiting=waiting, errors=exc.fields or {}, message=exc.message)
+        return page, exc.status, exc.headers
+    if done.recovery_codes_left is not None:
+        left = done.recovery_codes_left
+        advice = " Generate new ones on your account page." if left < 3 else ""
+        await flash(f"You used a recovery code: {left} left.{advice}", "info")
+    await flash(f"Welcome back, {done.user.username}!", "success")
+    return redirect(safe_next(done.next))
 
 
 @bp.post("/logout")
 @exempt_from("verified_email")
 async def logout():
     """End the session on the server and clear the cookie (POST only, CSRF-checked)."""
+    await pending.discard()  # a login waiting for its code ends too
     if not current_user.is_authenticated:
         return redirect(url_for("pages.login"))
     await logout_user()
@@ -120,18 +155,21 @@ async def reauthenticate():
     form = await request.form
     current = current_auth_session()
     try:
-        await service.authenticate(
+        answer = await service.authenticate(
             {
                 "username": current_user.username,
                 "password": form.get("password", ""),
                 "remember": bool(current and current.remember),
-            }
+            },
+            next_page=next_page,
         )
     except ValidationError as exc:
         return await render("reauthenticate.html", errors=exc.fields, message=exc.message, next=next_page), 400
     except HTTPError as exc:
         page = await render("reauthenticate.html", errors={}, message=exc.message, next=next_page)
         return page, exc.status, exc.headers
+    if isinstance(answer, pending.MfaRequired):  # with a second factor, the code too (a new session at AAL 2)
+        return redirect(url_for("pages.login_2fa"))
     return redirect(safe_next(next_page))
 
 
