@@ -11,6 +11,7 @@ from quart import Quart
 
 from . import auth, mail, serving, speedups
 from .api import docs as api_docs
+from .api.mfa import bp as mfa_api_bp
 from .api.views import bp as api_bp
 from .auth import passwords
 from .auth.throttle import Throttle
@@ -23,6 +24,7 @@ from .errors import register_error_handlers
 from .live import bp as live_bp
 from .mail import mail_enabled
 from .mail.cli import register_mail_cli
+from .pages.mfa import bp as mfa_pages_bp
 from .pages.views import bp as pages_bp
 
 __all__ = ["create_app"]
@@ -66,7 +68,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     register_error_handlers(app)
     app.jinja_env.globals["mail_enabled"] = mail_enabled
     app.register_blueprint(pages_bp)
+    app.register_blueprint(mfa_pages_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(mfa_api_bp)
     api_docs.init_app(app)
     app.register_blueprint(live_bp)
     headers.init_app(app)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from quart import Quart
 
-from .auth import recovery, service
+from .auth import enrolment, recovery, service
 from .exceptions import HTTPError
 
 
@@ -114,3 +114,13 @@ def register_cli(app: Quart) -> None:
         """Mark USERNAME's address verified without a mailed link (support confirmed it another way)."""
         user, _ = _with_user(username, recovery.mark_verified)
         click.echo(f"Verified {user.email} for {user.username}.")
+
+    @users.command("reset-2fa", with_appcontext=False)
+    @click.argument("username")
+    def reset_2fa(username: str) -> None:
+        """Remove USERNAME's second factors and recovery codes (support checked who asks); sessions revoked."""
+        user, (removed, revoked) = _with_user(username, enrolment.reset_factors)
+        if removed:
+            click.echo(f"Removed the second factor(s) of {user.username}; revoked {revoked} session(s).")
+        else:
+            click.echo(f"{user.username} had no second factor; revoked {revoked} session(s).")

@@ -45,6 +45,10 @@ OPERATIONS = [
     "POST /api/email/verify",
     "POST /api/email/resend",
     "POST /api/email",
+    "POST /api/2fa/totp/setup",
+    "POST /api/2fa/totp/confirm",
+    "POST /api/2fa/disable",
+    "POST /api/2fa/recovery-codes",
 ]
 PUBLIC = {
     "POST /api/register",

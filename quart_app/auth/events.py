@@ -44,6 +44,12 @@ email_verified = _signals.signal("email-verified")
 email_change_requested = _signals.signal("email-change-requested")
 email_changed = _signals.signal("email-changed")
 mail_failed = _signals.signal("mail-failed")
+# The second factor (auth/mfa.py; the views in pages/mfa.py and api/mfa.py, the CLI's users reset-2fa).
+mfa_enabled = _signals.signal("mfa-enabled")
+mfa_disabled = _signals.signal("mfa-disabled")
+recovery_codes_regenerated = _signals.signal("recovery-codes-regenerated")
+recovery_code_used = _signals.signal("recovery-code-used")
+mfa_reset = _signals.signal("mfa-reset")
 
 __all__ = [
     "audit",
@@ -52,10 +58,15 @@ __all__ = [
     "email_verified",
     "login_throttled",
     "mail_failed",
+    "mfa_disabled",
+    "mfa_enabled",
+    "mfa_reset",
     "password_changed",
     "password_reset",
     "password_reset_requested",
     "record",
+    "recovery_code_used",
+    "recovery_codes_regenerated",
     "session_revoked",
     "user_activated",
     "user_deactivated",
@@ -81,6 +92,11 @@ SIGNALS = {
     "email_change_requested": email_change_requested,
     "email_changed": email_changed,
     "mail_failed": mail_failed,
+    "mfa_enabled": mfa_enabled,
+    "mfa_disabled": mfa_disabled,
+    "recovery_codes_regenerated": recovery_codes_regenerated,
+    "recovery_code_used": recovery_code_used,
+    "mfa_reset": mfa_reset,
 }
 
 
