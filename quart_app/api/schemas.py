@@ -92,7 +92,7 @@ class LoginRequest(BaseModel):
 
 
 class SecondFactorRequest(BaseModel):
-    """The second factor of a pending login (the ``quart_app_mfa`` cookie the password answer set)."""
+    """The second factor of a pending login (the `quart_app_mfa` cookie the password answer set)."""
 
     code: str = Field(
         min_length=1,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from quart import request
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import Row, Select, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,8 +16,8 @@ from ..core.security import Verdict, get_hasher
 from ..db import commit_pending, get_db, run_unit
 from ..exceptions import HTTPError
 from ..mail import queue_mail
-from ..models import User
-from . import mfa, pending, tokens
+from ..models import User, UserFactor
+from . import pending, tokens
 from .events import audit
 from .passwords import check_new_password
 from .sessions import describe, get_store
@@ -36,23 +36,47 @@ SESSION_ENDED = "Too many wrong passwords: this session has been logged out. Log
 # the unique indexes uq_users_username_lower and uq_users_email_key serve the
 # lookup. Built once, columns rather than the entity: a login's lookup needs
 # no identity map or ORM loading (the user is rebuilt from the row).
-_BY_USERNAME_OR_EMAIL = select(*User.__table__.c).where(
-    or_(
-        func.lower(User.username) == func.lower(bindparam("ident")),
-        User.email_key == bindparam("email_key"),
-    )
+#
+# Whether the account has a confirmed second factor comes in the same trip (an
+# EXISTS on ix_user_factors_user_id): a login asks nothing more before it answers.
+_WHERE_IDENT = or_(
+    func.lower(User.username) == func.lower(bindparam("ident")),
+    User.email_key == bindparam("email_key"),
 )
+_HAS_FACTOR = (
+    select(UserFactor.id)
+    .where(UserFactor.user_id == User.id, UserFactor.confirmed_at.is_not(None))
+    .exists()
+    .label("has_second_factor")
+)
+_BY_USERNAME_OR_EMAIL = select(*User.__table__.c).where(_WHERE_IDENT)
+_FOR_LOGIN = select(*User.__table__.c, _HAS_FACTOR).where(_WHERE_IDENT)
+
+
+async def _lookup(ident: str, statement: Select) -> Row | None:
+    params = {"ident": ident, "email_key": email_key(ident)}
+
+    def work(db: Session) -> Row | None:
+        row = db.connection().execute(statement, params).first()
+        db.commit()  # ends the read at once (on a server database, the request's session)
+        return row
+
+    return await run_unit(work)
 
 
 async def _find(ident: str) -> User | None:
-    params = {"ident": ident, "email_key": email_key(ident)}
+    row = await _lookup(ident, _BY_USERNAME_OR_EMAIL)
+    return None if row is None else User(**row._mapping)
 
-    def work(db: Session) -> User | None:
-        row = db.connection().execute(_BY_USERNAME_OR_EMAIL, params).first()
-        db.commit()  # ends the read at once (on a server database, the request's session)
-        return None if row is None else User(**row._mapping)
 
-    return await run_unit(work)
+async def _find_for_login(ident: str) -> tuple[User | None, bool]:
+    """The user (or None) and whether a login for it asks for a second factor."""
+    row = await _lookup(ident, _FOR_LOGIN)
+    if row is None:
+        return None, False
+    values = dict(row._mapping)
+    has_factor = bool(values.pop("has_second_factor"))
+    return User(**values), has_factor
 
 
 async def _taken_message(username: str, email: str) -> str | None:
@@ -160,7 +184,7 @@ async def authenticate(data: Mapping[str, Any], *, next_page: str | None = None)
     """
     creds = validate_credentials(data)
     ident = creds.identifier
-    user = await _find(ident)
+    user, second_factor = await _find_for_login(ident)
     # Keyed by the account when it exists (username and email count
     # together), else by what was typed, an email by its key (login_key):
     # both behave the same outside. The attempt is counted before the (slow)
@@ -182,7 +206,7 @@ async def authenticate(data: Mapping[str, Any], *, next_page: str | None = None)
         raise HTTPError(401, LOGIN_FAILED)
     if verdict.needs_rehash:
         await _upgrade_hash(user, creds.password)
-    if await mfa.has_second_factor(user):
+    if second_factor:
         # Neither a success nor a failure yet: only the right code clears the
         # account's failures (the password alone must not reset wrong codes).
         if attempt is not None:
