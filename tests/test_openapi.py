@@ -34,6 +34,7 @@ BASE_URL = "http://testserver"
 OPERATIONS = [
     "POST /api/register",
     "POST /api/login",
+    "POST /api/login/2fa",
     "POST /api/logout",
     "GET /api/me",
     "POST /api/password",
@@ -53,6 +54,7 @@ OPERATIONS = [
 PUBLIC = {
     "POST /api/register",
     "POST /api/login",
+    "POST /api/login/2fa",
     "POST /api/password/forgot",
     "POST /api/password/reset",
     "POST /api/email/verify",
