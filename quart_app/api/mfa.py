@@ -5,9 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 from quart import Blueprint, Response
 
-from quart_login import aal_required
-
-from ..auth import current_user, enrolment, fresh_login_required, login_required, mfa
+from ..auth import WAYS_OUT, current_user, enrolment, exempt_from, fresh_login_required, mfa, sensitive
 from .schemas import body, errors, needs_login, no_content, returns
 from .views import json_body
 
@@ -48,11 +46,6 @@ class DisableRequest(BaseModel):
     code: str = Field(min_length=1, max_length=64, examples=["123456"])
 
 
-async def _aal_for(user) -> int:
-    """An account with a second factor needs a session that presented it (AAL 2) to change its factors."""
-    return 2 if await mfa.has_second_factor(user) else 1
-
-
 # -- routes ------------------------------------------------------------------------------------
 
 
@@ -61,6 +54,7 @@ async def _aal_for(user) -> int:
 @returns(TotpSetup, 200)
 @errors(400, 401, 403, 409, 413, 415, 503)
 @fresh_login_required
+@exempt_from(*WAYS_OUT)
 async def totp_setup():
     """A new authenticator-app secret (any earlier unconfirmed one is dropped): 200; 409 if one is on already."""
     await json_body(optional=True)
@@ -74,6 +68,7 @@ async def totp_setup():
 @returns(RecoveryCodes, 200)
 @errors(400, 401, 403, 409, 413, 415, 503)
 @fresh_login_required
+@exempt_from(*WAYS_OUT)
 async def totp_confirm():
     """A right code turns the authenticator app on: 200 with 10 recovery codes; every other session is revoked."""
     codes = await enrolment.enable_totp(current_user._get_current_object(), await json_body())
@@ -85,7 +80,7 @@ async def totp_confirm():
 @body(DisableRequest)
 @no_content
 @errors(400, 401, 403, 409, 413, 415, 429, 503)
-@login_required
+@sensitive
 async def disable():
     """The current password and a code turn every second factor off: 204; every other session is revoked."""
     await enrolment.disable(current_user._get_current_object(), await json_body())
@@ -96,8 +91,7 @@ async def disable():
 @needs_login
 @returns(RecoveryCodes, 200)
 @errors(400, 401, 403, 409, 413, 415, 503)
-@fresh_login_required
-@aal_required(_aal_for)
+@sensitive
 async def regenerate_recovery_codes():
     """10 new recovery codes, the old ones dead: 200; every other session is revoked. 409 without a second factor."""
     await json_body(optional=True)

@@ -10,7 +10,17 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from ..auth import current_user, exempt_from, login_required, logout_user, pending, recovery, service
+from ..auth import (
+    WAYS_OUT,
+    current_user,
+    exempt_from,
+    login_required,
+    logout_user,
+    pending,
+    recovery,
+    sensitive,
+    service,
+)
 from ..exceptions import HTTPError
 from ..models import MAX_ID
 from .schemas import (
@@ -226,7 +236,7 @@ async def login_2fa():
 @no_content
 @errors(400, 401, 403, 413, 415, 503)
 @login_required
-@exempt_from("verified_email")
+@exempt_from(*WAYS_OUT)
 async def logout():
     """End this session on the server: 204."""
     await json_body(optional=True)
@@ -250,7 +260,7 @@ async def me():
 @body(PasswordChangeRequest)
 @no_content
 @errors(400, 401, 403, 413, 415, 429, 503)
-@login_required
+@sensitive
 async def change_password():
     """Change the password: 204; every other session is revoked and this one re-issued."""
     await service.change_password(current_user._get_current_object(), await json_body())
@@ -271,7 +281,7 @@ async def list_sessions():
 @needs_login
 @no_content
 @errors(401, 403, 404, 503)
-@login_required
+@sensitive
 async def revoke_session(session_id: int):
     """Revoke one of this user's sessions: 204, or 404 if it is not theirs."""
     if not await service.revoke_session(current_user._get_current_object(), session_id):
@@ -283,7 +293,7 @@ async def revoke_session(session_id: int):
 @needs_login
 @no_content
 @errors(400, 401, 403, 413, 415, 503)
-@login_required
+@sensitive
 async def revoke_other_sessions():
     """Revoke every other session of this user: 204."""
     await json_body(optional=True)
@@ -342,7 +352,7 @@ async def verify_email():
 @errors(400, 401, 403, 404, 409, 413, 415, 429, 503)
 @recovery.mail_required
 @login_required
-@exempt_from("verified_email")
+@exempt_from(*WAYS_OUT)
 async def resend_verification():
     """Mail a new verification link: 202; 409 when the address is already verified."""
     await json_body(optional=True)
@@ -356,8 +366,8 @@ async def resend_verification():
 @returns(Accepted, 202)
 @errors(400, 401, 403, 404, 409, 413, 415, 429, 503)
 @recovery.mail_required
-@login_required
-@exempt_from("verified_email")
+@sensitive
+@exempt_from(*WAYS_OUT)
 async def change_email():
     """Ask to change the address: 202; a link goes to the new address, a notice to the old one."""
     await recovery.request_email_change(current_user._get_current_object(), await json_body())

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Quart, has_request_context, session
+from quart import Quart, flash, has_request_context, redirect, session, url_for
 
 from quart_login import (
     AnonymousUserMixin,
     LoginManager,
+    aal_required,
+    current_aal,
     current_auth_session,
     current_user,
     exempt_from,
@@ -33,12 +35,16 @@ from ..db import Database
 from ..errors import wants_json
 from ..exceptions import HTTPError
 from ..rendering import render
+from . import mfa
 from .events import record
 from .sessions import EXTENSION as STORE_EXTENSION
 from .sessions import make_store
 
 __all__ = [
     "AnonymousUser",
+    "SECOND_FACTOR",
+    "VERIFIED_EMAIL",
+    "WAYS_OUT",
     "current_auth_session",
     "current_user",
     "exempt_from",
@@ -47,12 +53,36 @@ __all__ = [
     "login_required",
     "login_user",
     "logout_user",
+    "required_aal",
+    "sensitive",
 ]
 
 
 # The requirement QUART_APP_REQUIRE_VERIFIED_EMAIL adds (views that let a user meet it are exempt_from it).
 VERIFIED_EMAIL = "verified_email"
 EMAIL_NOT_VERIFIED = "Email address not verified."
+# The requirement QUART_APP_MFA_REQUIRED adds: an account without a second factor is sent to /account/2fa.
+SECOND_FACTOR = "second_factor"
+SECOND_FACTOR_REQUIRED = "Second factor required."
+# Every requirement: the views that let a user meet one (or leave) are exempt from them all, so
+# that meeting one is never blocked by another (an unverified address while enrolling, say).
+WAYS_OUT = (VERIFIED_EMAIL, SECOND_FACTOR)
+STEP_UP_NEEDED = "Confirm it is you with your second factor to do this."
+
+
+async def required_aal(user: Any) -> int:
+    """The level a sensitive action needs of ``user``'s session: 2 with a second factor, else 1."""
+    return 2 if await mfa.has_second_factor(user) else 1
+
+
+def sensitive(view: Any) -> Any:
+    """For the actions that change how an account is protected (password, address, factors, sessions).
+
+    A factor presented within FRESH_LOGIN_WINDOW (``fresh_login_required``:
+    else /reauthenticate, or 401 JSON) and, for an account with a second
+    factor, a session that presented it (``aal_required``: AAL 2).
+    """
+    return fresh_login_required(aal_required(required_aal)(view))
 
 
 class AnonymousUser(AnonymousUserMixin):
@@ -88,6 +118,10 @@ def init_app(app: Quart, settings: Settings, database: Database) -> LoginManager
         QUART_LOGIN_REFRESH_VIEW=settings.REFRESH_VIEW,
         QUART_LOGIN_NEEDS_REFRESH_MESSAGE=settings.NEEDS_REFRESH_MESSAGE,
         QUART_LOGIN_NEEDS_REFRESH_MESSAGE_CATEGORY="info",
+        # Another factor is asked for by logging in again, with it (/reauthenticate).
+        QUART_LOGIN_STEP_UP_VIEW=settings.REFRESH_VIEW,
+        QUART_LOGIN_STEP_UP_MESSAGE=STEP_UP_NEEDED,
+        QUART_LOGIN_STEP_UP_MESSAGE_CATEGORY="info",
     )
     store = make_store(database)
     app.extensions[STORE_EXTENSION] = store
@@ -108,18 +142,39 @@ def init_app(app: Quart, settings: Settings, database: Database) -> LoginManager
             raise HTTPError(401, settings.NEEDS_REFRESH_MESSAGE)
         return await manager.redirect_to_refresh()
 
+    @manager.needs_step_up_handler
+    async def _needs_step_up(aal: int | None = None, max_age: float | None = None) -> Any:
+        if wants_json():
+            raise HTTPError(401, STEP_UP_NEEDED)
+        return await manager.redirect_to_step_up()
+
     if settings.REQUIRE_VERIFIED_EMAIL:
 
         @manager.requirement(VERIFIED_EMAIL)
         def _verified(user: Any) -> bool:
             return bool(getattr(user, "email_verified", False))
 
-        @manager.requirement_failed_handler
-        async def _requirement_failed(name: str) -> Any:
-            # Answered like a missing login: 403 JSON, or a page that says so (with a resend button).
-            if not has_request_context() or wants_json():
-                raise HTTPError(403, EMAIL_NOT_VERIFIED)
-            return await render("email_unverified.html", message=EMAIL_NOT_VERIFIED), 403
+    if settings.MFA_REQUIRED:
+
+        @manager.requirement(SECOND_FACTOR)
+        async def _enrolled(user: Any) -> bool:
+            # A session that presented a second factor needs no query: while MFA_REQUIRED is on,
+            # the last factor cannot be removed from a live session (enrolment.disable refuses;
+            # support's users reset-2fa revokes every session).
+            return current_aal() >= 2 or await mfa.has_second_factor(user)
+
+    @manager.requirement_failed_handler
+    async def _requirement_failed(name: str) -> Any:
+        # 403 JSON; a browser is shown the way to meet it.
+        json = not has_request_context() or wants_json()
+        if name == SECOND_FACTOR:
+            if json:
+                raise HTTPError(403, SECOND_FACTOR_REQUIRED)
+            await flash("Set up two-factor authentication to continue.", "info")
+            return redirect(url_for("mfa_pages.account_2fa"))
+        if json:
+            raise HTTPError(403, EMAIL_NOT_VERIFIED)
+        return await render("email_unverified.html", message=EMAIL_NOT_VERIFIED), 403
 
     user_logged_in.connect(_on_login, sender=app)
     user_logged_out.connect(_on_logout, sender=app)

@@ -21,6 +21,7 @@ from quart import request
 
 from quart_login import current_auth_session, logout_user, rotate_session, step_up
 
+from ..core.config import get_settings
 from ..db import commit_pending, get_db
 from ..exceptions import HTTPError, ValidationError
 from ..mail import queue_mail
@@ -45,6 +46,10 @@ __all__ = [
 ]
 
 TOO_MANY_CODES = "Too many wrong codes. Try again in {wait} seconds."
+CANNOT_TURN_OFF = (
+    "This site requires two-factor authentication, so it cannot be turned off. "
+    "If you lost your authenticator app, sign in with a recovery code and ask support to reset it."
+)
 
 
 class TotpSetup:
@@ -77,6 +82,7 @@ async def second_factor_state(user: User) -> dict[str, Any]:
         "totp_since": totp.confirmed_at.isoformat(timespec="seconds") + "Z" if totp and totp.confirmed_at else None,
         "codes_left": await mfa.recovery_codes_left(user, db=db) if factors else 0,
         "codes_total": mfa.RECOVERY_CODE_COUNT,
+        "required": get_settings().MFA_REQUIRED,
     }
     await db.commit()  # end the read
     return state
@@ -187,9 +193,13 @@ async def disable(user: User, data: Mapping[str, Any]) -> None:
     Both must be right: a wrong password is a 400 on ``current_password``
     (throttled like a login), a wrong code a 400 on ``code`` (throttled per
     account and client; the failure that reaches the limit ends this
-    session: 401). NoSecondFactor (409) when there is nothing to turn off.
+    session: 401). NoSecondFactor (409) when there is nothing to turn off;
+    409 as well while MFA_REQUIRED is on (an account must keep a factor:
+    support's ``users reset-2fa`` is the way to start again).
     Every factor and recovery code goes, other sessions are revoked, a notice mailed.
     """
+    if get_settings().MFA_REQUIRED:
+        raise HTTPError(409, CANNOT_TURN_OFF)
     errors: dict[str, str] = {}
     password = text_field(data, "current_password", errors, strip=False)
     code = text_field(data, "code", errors, strip=True)

@@ -12,9 +12,7 @@ import re
 
 from quart import Blueprint, Response, flash, redirect, request, url_for
 
-from quart_login import aal_required
-
-from ..auth import current_user, enrolment, fresh_login_required, login_required, mfa
+from ..auth import WAYS_OUT, current_user, enrolment, exempt_from, fresh_login_required, login_required, mfa, sensitive
 from ..core.config import get_settings
 from ..core.csrf import UNSAFE_METHODS, require_csrf_token
 from ..exceptions import HTTPError
@@ -32,11 +30,6 @@ async def _protect_forms() -> None:
         await require_csrf_token()
 
 
-async def _aal_for(user) -> int:
-    """An account with a second factor needs a session that presented it (AAL 2) to change its factors."""
-    return 2 if await mfa.has_second_factor(user) else 1
-
-
 async def _page(status: int = 200, headers=None, **context):
     user = current_user._get_current_object()
     if "setup" not in context:
@@ -52,6 +45,7 @@ async def _codes_page(codes: list[str], *, new: bool):
 
 @bp.get("/account/2fa")
 @fresh_login_required
+@exempt_from(*WAYS_OUT)
 async def account_2fa():
     """The second factors: whether an authenticator app is on, the recovery codes left; set up, turn off, regenerate."""
     return await _page()
@@ -59,6 +53,7 @@ async def account_2fa():
 
 @bp.post("/account/2fa/totp/setup")
 @fresh_login_required
+@exempt_from(*WAYS_OUT)
 async def totp_setup():
     """A new secret (not active yet): its QR code, the secret to type by hand, and the form for its first code."""
     try:
@@ -70,6 +65,7 @@ async def totp_setup():
 
 @bp.post("/account/2fa/totp/confirm")
 @fresh_login_required
+@exempt_from(*WAYS_OUT)
 async def totp_confirm():
     """A right code turns the authenticator app on: the 10 recovery codes, shown this once."""
     user = current_user._get_current_object()
@@ -85,7 +81,7 @@ async def totp_confirm():
 
 
 @bp.post("/account/2fa/disable")
-@login_required
+@sensitive
 async def disable():
     """The current password and a code (authenticator app or recovery code) turn every second factor off."""
     try:
@@ -100,8 +96,7 @@ async def disable():
 
 
 @bp.post("/account/2fa/recovery-codes")
-@fresh_login_required
-@aal_required(_aal_for)
+@sensitive
 async def regenerate_recovery_codes():
     """10 new recovery codes, shown this once; the old ones stop working."""
     try:
@@ -114,6 +109,7 @@ async def regenerate_recovery_codes():
 
 @bp.post("/account/2fa/recovery-codes/download")
 @login_required
+@exempt_from(*WAYS_OUT)
 async def download_recovery_codes():
     """The codes the page just showed, posted back, as a text file (only code-shaped values are taken)."""
     form = await request.form

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from quart import Blueprint, flash, redirect, request, url_for
 
 from ..auth import (
+    WAYS_OUT,
     current_auth_session,
     current_user,
     exempt_from,
@@ -14,6 +15,7 @@ from ..auth import (
     logout_user,
     pending,
     recovery,
+    sensitive,
     service,
 )
 from ..auth.validation import ValidationError
@@ -127,7 +129,7 @@ async def login_2fa():
 
 
 @bp.post("/logout")
-@exempt_from("verified_email")
+@exempt_from(*WAYS_OUT)
 async def logout():
     """End the session on the server and clear the cookie (POST only, CSRF-checked)."""
     await pending.discard()  # a login waiting for its code ends too
@@ -147,6 +149,7 @@ async def dashboard():
 
 @bp.route("/reauthenticate", methods=["GET", "POST"])
 @login_required
+@exempt_from(*WAYS_OUT)
 async def reauthenticate():
     """Re-enter the password to make this session fresh (for ``fresh_login_required`` views)."""
     next_page = request.args.get("next")
@@ -187,7 +190,7 @@ async def account():
 
 
 @bp.post("/account/password")
-@login_required
+@sensitive
 async def change_password():
     """Change the password; every other session is revoked, this one stays logged in."""
     form = await request.form
@@ -209,7 +212,7 @@ async def change_password():
 
 
 @bp.post(f"/account/sessions/<int(max={MAX_ID}):session_id>/revoke")
-@login_required
+@sensitive
 async def revoke_session(session_id: int):
     """Log out one session of this user (this one included)."""
     if not await service.revoke_session(current_user._get_current_object(), session_id):
@@ -219,7 +222,7 @@ async def revoke_session(session_id: int):
 
 
 @bp.post("/account/sessions/revoke-others")
-@login_required
+@sensitive
 async def revoke_other_sessions():
     """Log out everywhere else."""
     count = await service.revoke_other_sessions(current_user._get_current_object())
@@ -304,7 +307,7 @@ async def verify_email(token: str):
 @bp.post("/account/email/resend")
 @recovery.mail_required
 @login_required
-@exempt_from("verified_email")
+@exempt_from(*WAYS_OUT)
 async def resend_verification():
     """Mail a new verification link (throttled); 409 when the address is already verified."""
     try:
@@ -317,8 +320,8 @@ async def resend_verification():
 
 @bp.post("/account/email")
 @recovery.mail_required
-@login_required
-@exempt_from("verified_email")
+@sensitive
+@exempt_from(*WAYS_OUT)
 async def change_email():
     """Ask to change the address: it changes when the new address's link is confirmed."""
     form = await request.form
