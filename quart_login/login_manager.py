@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from quart import (
     Quart,
@@ -315,7 +315,7 @@ class LoginManager:
     async def _redirect_with_message(self, view: str, message: str | None, category: str) -> Any:
         if message:
             await flash(message, category)
-        return redirect(login_url(view, next_url=this_path()))
+        return redirect(login_url(view, next_url=next_path()))
 
 
 def _unauthorized(message: str) -> Unauthorized:
@@ -324,6 +324,20 @@ def _unauthorized(message: str) -> Unauthorized:
         body = json.dumps({"error": message})
         return Unauthorized(response=Response(body, 401, content_type="application/json"))
     return Unauthorized()
+
+
+def next_path() -> str | None:
+    """Where to come back to: this page for a GET; for a form's POST, the page the form was on.
+
+    A POST cannot be replayed by a redirect, so ``next`` is the path of a
+    same-origin ``Referer`` (the form's page), or None without one.
+    """
+    if request.method in ("GET", "HEAD"):
+        return this_path()
+    referrer = urlsplit(request.headers.get("Referer", ""))
+    if referrer.scheme in ("http", "https") and referrer.netloc == request.host and referrer.path.startswith("/"):
+        return referrer.path + (f"?{referrer.query}" if referrer.query else "")
+    return None
 
 
 def this_path() -> str:

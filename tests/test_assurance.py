@@ -131,3 +131,121 @@ def test_downgrade_drops_the_columns_and_upgrade_gives_old_rows_pwd_and_1(databa
 
     alembic("upgrade", "head", url=database.url)
     assert db_rows(database, "SELECT amr, aal FROM auth_sessions") == [("pwd", 1)]
+
+
+# -- sensitive actions: a recent factor, and AAL 2 for an account with a second factor ----------
+
+NEW_PASSWORD = "another long passphrase"
+NEEDS_REFRESH = "Please reauthenticate to access this page."
+STEP_UP = "Confirm it is you with your second factor to do this."
+
+
+def age_sessions(database, minutes: int = 20) -> None:
+    """Every session last presented a factor ``minutes`` ago (FRESH_LOGIN_WINDOW is 15)."""
+    old = (utcnow() - timedelta(minutes=minutes)).isoformat(sep=" ")
+    db_write(database, "UPDATE auth_sessions SET auth_time = ?", old)
+
+
+def live_sessions(database) -> int:
+    return db_rows(database, "SELECT count(*) FROM auth_sessions")[0][0]
+
+
+async def sensitive_calls(client, other_id: int) -> list[tuple[str, object]]:
+    """Each sensitive API action once: (what, response)."""
+    password = {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
+    address = {"current_password": PASSWORD, "new_email": "new@example.com"}
+    return [
+        ("password", await client.post("/api/password", json=password)),
+        ("email", await client.post("/api/email", json=address)),
+        ("revoke one", await client.delete(f"/api/sessions/{other_id}")),
+        ("revoke others", await client.post("/api/sessions/revoke-others")),
+        ("disable 2fa", await client.post("/api/2fa/disable", json={"current_password": PASSWORD, "code": "1"})),
+        ("new codes", await client.post("/api/2fa/recovery-codes")),
+    ]
+
+
+async def test_a_stale_session_changes_nothing_sensitive_until_a_factor_is_presented(make_app, smtp_server, database):
+    """Password, address, sessions, factors: 401 JSON for a session older than FRESH_LOGIN_WINDOW, nothing changed."""
+    from conftest import mail_settings
+
+    app = make_app(**mail_settings(smtp_server))
+    async with app.test_app():
+        client = app.test_client()
+        await register_api(client, "alice")
+        await logged_in(app)
+        [(other_id,)] = db_rows(database, "SELECT max(id) FROM auth_sessions")
+        age_sessions(database)
+        before = db_rows(database, "SELECT password_hash, email FROM users")
+        for what, response in await sensitive_calls(client, other_id):
+            assert response.status_code == 401, what
+            assert await response.get_json() == {"error": NEEDS_REFRESH}, what
+        assert db_rows(database, "SELECT password_hash, email FROM users") == before
+        assert live_sessions(database) == 2
+        assert db_rows(database, "SELECT count(*) FROM email_tokens WHERE purpose = 'email_change'") == [(0,)]
+        # The session is still logged in (only the sensitive actions are held back) ...
+        assert (await client.get("/api/me")).status_code == 200
+        # ... and a fresh login does them.
+        fresh = await logged_in(app)
+        password = {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
+        assert (await fresh.post("/api/password", json=password)).status_code == 204
+
+
+async def test_a_stale_page_form_goes_to_reauthenticate_and_comes_back_to_the_form(app, database):
+    """The browser is sent to log in again, with next the page the form was on (a POST cannot be redirected to)."""
+    client = app.test_client()
+    await register_api(client, "alice")
+    age_sessions(database)
+    page = await client.get("/account")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', await page.get_data(as_text=True)).group(1)
+    form = {"csrf_token": token, "current_password": PASSWORD, "new_password": NEW_PASSWORD}
+    response = await client.post("/account/password", form=form, headers={"Referer": "http://localhost/account"})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/reauthenticate?next=%2Faccount"
+    # Without a Referer of this site, no next: a POST cannot be repeated by a redirect.
+    response = await client.post("/account/sessions/revoke-others", form={"csrf_token": token})
+    assert response.headers["Location"] == "/reauthenticate"
+    response = await client.post(
+        "/account/sessions/revoke-others", form={"csrf_token": token}, headers={"Referer": "https://evil.example/x"}
+    )
+    assert response.headers["Location"] == "/reauthenticate"
+    login = await client.post("/api/login", json={"username": "alice", "password": PASSWORD})
+    assert login.status_code == 200  # the old password still works
+
+
+async def test_an_account_with_a_second_factor_needs_a_session_that_presented_it(app, database):
+    """A session of a 2FA account at AAL 1 (password only) is asked to step up: 401 JSON, or /reauthenticate."""
+    from test_mfa_account import another_session, api_enrol
+
+    client = app.test_client()
+    await register_api(client, "alice")
+    await api_enrol(client)
+    password_only = client_with_cookie(app, await another_session(app, database, amr=("pwd",)))
+    [(other_id,)] = db_rows(database, "SELECT min(id) FROM auth_sessions")
+    before = db_rows(database, "SELECT password_hash, email FROM users")
+    for what, response in await sensitive_calls(password_only, other_id):
+        assert response.status_code == 401, what
+        assert await response.get_json() == {"error": STEP_UP}, what
+    assert db_rows(database, "SELECT password_hash, email FROM users") == before
+    assert live_sessions(database) == 2
+    # The session at AAL 2 (the one that enrolled) does them.
+    password = {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
+    assert (await client.post("/api/password", json=password)).status_code == 204
+
+
+async def test_a_page_step_up_goes_to_reauthenticate_with_next(app, database):
+    """/reauthenticate then asks for the password and the code (test_mfa_login): a new session at AAL 2."""
+    from test_mfa_account import another_session, api_enrol
+
+    client = app.test_client()
+    await register_api(client, "alice")
+    await api_enrol(client)
+    password_only = client_with_cookie(app, await another_session(app, database, amr=("pwd",)))
+    page = await password_only.get("/account")
+    assert page.status_code == 200
+    token = re.search(r'name="csrf_token" value="([^"]+)"', await page.get_data(as_text=True)).group(1)
+    response = await password_only.post(
+        "/account/sessions/revoke-others", form={"csrf_token": token}, headers={"Referer": "http://localhost/account"}
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/reauthenticate?next=%2Faccount"
+    assert live_sessions(database) == 2
