@@ -19,7 +19,7 @@ from email.utils import parseaddr
 
 import click
 import pytest
-from conftest import MAIL_TEST_SETTINGS, db_rows, db_write, mail_settings
+from conftest import MAIL_TEST_SETTINGS, ROOT, db_rows, db_write, mail_settings
 from quart import request
 from servers import serving_off_loop
 from smtp_server import SMTPServer, self_signed_certificate
@@ -135,7 +135,13 @@ async def test_every_kind_renders_with_a_subject_both_parts_and_no_password(mail
         "email_changed": {"username": "bob", "new_email": "new@example.com"},
         "password_changed": {"username": "bob"},
         "password_reset": {"username": "bob"},
+        "mfa_enabled": {"username": "bob"},
+        "mfa_disabled": {"username": "bob", "by_support": False},
+        "recovery_code_used": {"username": "bob", "remaining": 7},
+        "recovery_codes_regenerated": {"username": "bob", "count": 10},
     }
+    kinds_on_disk = {path.name.split(".")[0] for path in (ROOT / "quart_app/templates/mail").glob("[!_]*.txt")}
+    assert kinds_on_disk == set(kinds)
     for kind, context in kinds.items():
         await queue(mail_app, template=kind, context=context, to=f"{kind.replace('_', '-')}@example.com")
     received = {r.rcpt_tos[0].split("@")[0].replace("-", "_"): r for r in await smtp_server.wait_for(len(kinds))}
