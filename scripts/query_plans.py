@@ -26,9 +26,10 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quart_app.auth.service import _BY_USERNAME_OR_EMAIL  # noqa: E402
+from quart_app.auth.mfa import has_factor_statement  # noqa: E402
+from quart_app.auth.service import _BY_USERNAME_OR_EMAIL, _FOR_LOGIN  # noqa: E402
 from quart_app.auth.validation import email_key  # noqa: E402
-from quart_app.models import AuthSession, LoginThrottle, User  # noqa: E402
+from quart_app.models import AuthSession, LoginThrottle, User, UserFactor  # noqa: E402
 from quart_login import token_digest, utcnow  # noqa: E402
 from quart_login.sqlalchemy_store import SQLAlchemyAuthSessionStore  # noqa: E402
 
@@ -36,18 +37,23 @@ from quart_login.sqlalchemy_store import SQLAlchemyAuthSessionStore  # noqa: E40
 _RESOLVE = SQLAlchemyAuthSessionStore(AuthSession, User, sessionmaker=lambda: None).resolve_statement
 
 USERS = 5000
+# One user in FACTOR_EVERY has an authenticator app.
+FACTOR_EVERY = 10
 
 
 def statements(now):
     """(name, statement, parameters): what the app asks on each path."""
     forget = timedelta(minutes=15)
+    ident = {"ident": "USER1234@EXAMPLE.COM", "email_key": email_key("USER1234@EXAMPLE.COM")}
     return [
         ("session lookup (every protected request)", _RESOLVE, {"digest": token_digest("token-1234"), "now": now}),
         (
             "login lookup (username or email, any case)",
             _BY_USERNAME_OR_EMAIL,
-            {"ident": "USER1234@EXAMPLE.COM", "email_key": email_key("USER1234@EXAMPLE.COM")},
+            ident,
         ),
+        ("password login, with whether a second factor follows (every login)", _FOR_LOGIN, ident),
+        ("second factor of one user (sensitive actions, MFA_REQUIRED)", has_factor_statement(1234), {}),
         (
             "throttle counters (every login)",
             select(LoginThrottle).where(
@@ -106,6 +112,13 @@ def fill(engine, now) -> None:
             ],
         )
         conn.execute(
+            insert(UserFactor),
+            [
+                {"user_id": i, "kind": "totp", "secret": b"x", "created_at": now, "confirmed_at": now}
+                for i in range(FACTOR_EVERY, USERS + 1, FACTOR_EVERY)
+            ],
+        )
+        conn.execute(
             insert(LoginThrottle),
             [{"key": f"account:{i}", "failures": 1, "last_failure_at": now} for i in range(1, USERS + 1)],
         )
@@ -150,7 +163,9 @@ def main(argv: list[str]) -> None:
             print(json.dumps(found, indent=2))
             return
         backend = make_url(url).get_backend_name()
-        print(f"# {backend}: {USERS} users, {USERS} sessions, {USERS} throttle rows, after ANALYZE\n")
+        factors = USERS // FACTOR_EVERY
+        counts = f"{USERS} users, {USERS} sessions, {factors} factors, {USERS} throttle rows"
+        print(f"# {backend}: {counts}, after ANALYZE\n")
         for name, lines in found.items():
             print(f"{name}:\n```")
             print("\n".join(lines))

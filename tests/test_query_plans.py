@@ -18,7 +18,7 @@ def test_every_hot_query_is_an_index_lookup(backend, tmp_path):
     finally:
         database.drop()
     session_lookup = "\n".join(plans["session lookup (every protected request)"])
-    assert len(plans) == 4
+    assert len(plans) == 6
     if database.is_sqlite:
         for name, lines in plans.items():
             assert not [line for line in lines if line.startswith("SCAN")], (name, lines)
@@ -31,3 +31,7 @@ def test_every_hot_query_is_an_index_lookup(backend, tmp_path):
         assert "Index Scan using users_pkey on users" in session_lookup
     login_lookup = "\n".join(plans["login lookup (username or email, any case)"])
     assert "uq_users_username_lower" in login_lookup and "uq_users_email_key" in login_lookup
+    with_factor = "\n".join(plans["password login, with whether a second factor follows (every login)"])
+    assert "uq_users_username_lower" in with_factor and "uq_users_email_key" in with_factor
+    assert "ix_user_factors_user_id" in with_factor
+    assert "ix_user_factors_user_id" in "\n".join(plans["second factor of one user (sensitive actions, MFA_REQUIRED)"])

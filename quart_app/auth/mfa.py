@@ -471,12 +471,15 @@ async def factors_of(user: _Account, *, db: AsyncSession | None = None) -> Seque
     return list(result.scalars())
 
 
+def has_factor_statement(user_id: int):
+    """The query of ``has_second_factor`` (an index lookup on ix_user_factors_user_id: scripts/query_plans.py)."""
+    return select(UserFactor.id).where(UserFactor.user_id == user_id, UserFactor.confirmed_at.is_not(None)).limit(1)
+
+
 async def has_second_factor(user: _Account, *, db: AsyncSession | None = None) -> bool:
     """Whether the user has a confirmed second factor (a login then asks for it)."""
     db = get_db() if db is None else db
-    result = await db.execute(
-        select(UserFactor.id).where(UserFactor.user_id == user.id, UserFactor.confirmed_at.is_not(None)).limit(1)
-    )
+    result = await db.execute(has_factor_statement(user.id))
     return result.first() is not None
 
 
