@@ -103,8 +103,7 @@ async def begin_setup(user: User) -> TotpSetup:
 async def pending_setup(user: User) -> TotpSetup | None:
     """The setup still waiting for its code (to show its QR code again after a wrong code), or None."""
     db = get_db()
-    pending = await mfa._totp_factors(db, user.id, confirmed=False)
-    secret = mfa._read_secret(pending[0]) if pending else None
+    secret = await mfa.pending_totp_secret(user, db=db)
     await db.commit()
     return None if secret is None else TotpSetup(secret, mfa.otpauth_uri(secret, user.username))
 

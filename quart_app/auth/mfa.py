@@ -288,6 +288,13 @@ async def begin_totp_setup(
     return secret, otpauth_uri(secret, user.username)
 
 
+async def pending_totp_secret(user: _Account, *, db: AsyncSession | None = None) -> str | None:
+    """The secret of the setup still waiting for its first code (to show again after a wrong code), or None."""
+    db = get_db() if db is None else db
+    pending = await _totp_factors(db, user.id, confirmed=False)
+    return _read_secret(pending[0]) if pending else None
+
+
 async def confirm_totp(
     user: _Account, code: object, *, db: AsyncSession | None = None, now: float | None = None
 ) -> list[str]:
