@@ -513,3 +513,55 @@ async def test_a_copy_of_the_database_gives_neither_the_secret_nor_a_code(app, c
             if path.exists():
                 raw = path.read_bytes()
                 assert not any(form.encode() in raw for form in forms)
+
+
+# -- audit rows and signals ------------------------------------------------------------------------
+
+
+async def test_each_step_is_an_audit_row_and_a_signal(app, client, database):
+    """On, a wrong code at login, a recovery code used, new codes, off: rows in auth_events and signals sent."""
+    from quart_app.auth import events as signals
+
+    names = {
+        "mfa_enabled": signals.mfa_enabled,
+        "user_login_failed": signals.user_login_failed,
+        "recovery_code_used": signals.recovery_code_used,
+        "recovery_codes_regenerated": signals.recovery_codes_regenerated,
+        "mfa_disabled": signals.mfa_disabled,
+    }
+    received: list[tuple[str, str | None]] = []
+    receivers = {}
+    for name, signal in names.items():
+        receivers[name] = lambda app, name=name, detail=None, **extra: received.append((name, detail))
+        signal.connect(receivers[name], weak=False)
+    try:
+        await register_api(client)
+        secret, codes = await api_enrol(client)
+        other = app.test_client()
+        await other.post("/api/login", json={"username": "alice", "password": PASSWORD})
+        assert (await other.post("/api/login/2fa", json={"code": wrong_code(secret)})).status_code == 401
+        assert (await other.post("/api/login/2fa", json={"code": codes[0]})).status_code == 200
+        assert (await client.post("/api/2fa/recovery-codes")).status_code == 200
+        off = {"current_password": PASSWORD, "code": code_of(secret, 1)}
+        assert (await client.post("/api/2fa/disable", json=off)).status_code == 204
+    finally:
+        for name, signal in names.items():
+            signal.disconnect(receivers[name])
+    assert [name for name, _ in received] == [
+        "mfa_enabled",
+        "user_login_failed",
+        "recovery_code_used",
+        "recovery_codes_regenerated",
+        "mfa_disabled",
+    ]
+    assert "wrong code" in received[1][1]
+    rows = events(database)
+    for event in (
+        "mfa_enabled",
+        "mfa_login_failed",
+        "recovery_code_used",
+        "recovery_codes_regenerated",
+        "mfa_disabled",
+    ):
+        assert event in rows, (event, rows)
+    assert not any(secret in (detail or "") or codes[0] in (detail or "") for _, detail in received)

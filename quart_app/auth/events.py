@@ -97,6 +97,8 @@ SIGNALS = {
     "recovery_codes_regenerated": recovery_codes_regenerated,
     "recovery_code_used": recovery_code_used,
     "mfa_reset": mfa_reset,
+    # A wrong second factor at login is a failed login too (its detail says which).
+    "mfa_login_failed": user_login_failed,
 }
 
 
