@@ -140,7 +140,7 @@ def build_app(load_user: Callable[[str], Awaitable[Any]], config: dict | None = 
     async def protected():
         return f"hello {getattr(current_user, 'display_name', 'anonymous')}"
 
-    @app.get("/fresh")
+    @app.route("/fresh", methods=["GET", "POST"])
     @fresh_login_required
     async def fresh():
         return "fresh"
@@ -512,6 +512,24 @@ async def test_stale_session_redirects_to_refresh_view_with_message(make_env):
     assert response.headers["Location"] == "/reauth?next=%2Ffresh"
     page = await (await client.get("/reauth")).get_json()
     assert page["flashed"] == [["message", quart_login.DEFAULTS["NEEDS_REFRESH_MESSAGE"]]]
+
+
+async def test_a_stale_form_post_comes_back_to_the_page_the_form_was_on(make_env):
+    """A POST cannot be redirected to: next is the path of a same-origin Referer, else there is none."""
+    env = await make_env({"QUART_LOGIN_REFRESH_VIEW": "reauth", "QUART_LOGIN_FRESH_LOGIN_WINDOW": 60})
+    client = env.client()
+    await env.login(client)
+    await env.age_sessions(auth_time=utcnow() - timedelta(seconds=61))
+    cases = [
+        ({"Referer": "http://localhost/settings?tab=2"}, "/reauth?next=%2Fsettings%3Ftab%3D2"),
+        ({"Referer": "https://evil.example/settings"}, "/reauth"),
+        ({"Referer": "javascript:alert(1)"}, "/reauth"),
+        ({}, "/reauth"),
+    ]
+    for headers, location in cases:
+        response = await client.post("/fresh", headers=headers)
+        assert response.status_code == 302, headers
+        assert response.headers["Location"] == location, headers
 
 
 # -- 10: signals --------------------------------------------------------------------------
