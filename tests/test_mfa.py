@@ -547,16 +547,16 @@ def test_the_factors_revision_downgrades_and_upgrades(database):
     database.write(
         "INSERT INTO user_factors (user_id, kind, created_at) SELECT id, 'totp', '2026-01-01 00:00:00' FROM users"
     )
-    alembic("downgrade", "-1", url=database.url)
+    alembic("downgrade", "session_assurance", url=database.url)  # below factors (and mfa_pending on it)
     tables = (
         "SELECT name FROM sqlite_master WHERE type = 'table'"
         if database.is_sqlite
         else "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
     )
     names = {name for (name,) in db_rows(database, tables)}
-    assert "users" in names and not names & {"user_factors", "recovery_codes"}
+    assert "users" in names and not names & {"user_factors", "recovery_codes", "mfa_pending"}
     alembic("upgrade", "head", url=database.url)
     names = {name for (name,) in db_rows(database, tables)}
-    assert {"user_factors", "recovery_codes"} <= names
+    assert {"user_factors", "recovery_codes", "mfa_pending"} <= names
     assert db_rows(database, "SELECT count(*) FROM user_factors") == [(0,)]
     assert db_rows(database, "SELECT username FROM users") == [("a",)]

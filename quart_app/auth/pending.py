@@ -44,6 +44,7 @@ from ..exceptions import HTTPError, ValidationError
 from ..mail import queue_mail
 from ..models import MfaPending, User
 from . import mfa
+from .attempts import begin_attempt
 from .events import audit
 from .throttle import get_throttle
 
@@ -209,9 +210,6 @@ async def complete(data: Mapping[str, Any]) -> Completed:
     code; 429 (``Retry-After``) once this account or client is over the
     login throttle's limit.
     """
-    # A late import: service imports this module.
-    from .service import _begin_attempt
-
     found = await _find()
     if found is None:
         raise _no_pending()
@@ -221,7 +219,7 @@ async def complete(data: Mapping[str, Any]) -> Completed:
         raise ValidationError({"code": CODE_REQUIRED})
 
     throttle = get_throttle()
-    attempt = await _begin_attempt(f"user:{user.id}", user)
+    attempt = await begin_attempt(f"user:{user.id}", user)
     db = get_db()
     try:
         matched = await _check(user, code)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from quart import request
 from sqlalchemy import Row, Select, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -18,10 +17,11 @@ from ..exceptions import HTTPError
 from ..mail import queue_mail
 from ..models import User, UserFactor
 from . import pending, tokens
+from .attempts import begin_attempt
 from .events import audit
 from .passwords import check_new_password
 from .sessions import describe, get_store
-from .throttle import Attempt, Throttled, get_throttle, keys_for
+from .throttle import Attempt, get_throttle
 from .validation import email_key, login_key, validate_credentials, validate_password_change, validate_registration
 
 LOGIN_FAILED = "Incorrect username or password."
@@ -142,27 +142,6 @@ async def register(data: Mapping[str, Any]) -> User:
     return user
 
 
-def _throttled(wait: int) -> HTTPError:
-    return HTTPError(
-        429,
-        f"Too many failed login attempts. Try again in {wait} seconds.",
-        headers={"Retry-After": str(wait)},
-    )
-
-
-async def _begin_attempt(account: str, user: User | None) -> Attempt | None:
-    """Reserve a password check on ``account`` from this client (None: throttling is off); 429 when refused."""
-    throttle = get_throttle()
-    if not throttle.enabled:
-        return None
-    try:
-        return await throttle.begin(keys_for(account, request.remote_addr))
-    except Throttled as refused:
-        audit("throttled", user, detail=f"retry after {refused.retry_after}s")
-        await get_db().commit()
-        raise _throttled(refused.retry_after) from None
-
-
 async def _verify(attempt: Attempt | None, stored_hash: str | None, password: str) -> Verdict:
     """The hasher's verdict; a check that could not run gives its reservation back."""
     try:
@@ -190,7 +169,7 @@ async def authenticate(data: Mapping[str, Any], *, next_page: str | None = None)
     # both behave the same outside. The attempt is counted before the (slow)
     # verification, so that parallel guesses cannot all pass a check made
     # before any of them failed.
-    attempt = await _begin_attempt(f"user:{user.id}" if user else f"name:{login_key(ident)}", user)
+    attempt = await begin_attempt(f"user:{user.id}" if user else f"name:{login_key(ident)}", user)
     # No transaction stays open while the (slow) hash runs.
     await commit_pending()
 
@@ -226,7 +205,7 @@ async def check_password(user: User, password: str, *, field: str, purpose: str)
     over the limit; and the failure that reaches the limit also ends this
     session (a stolen session cannot keep guessing the real password).
     """
-    attempt = await _begin_attempt(f"user:{user.id}", user)
+    attempt = await begin_attempt(f"user:{user.id}", user)
     verdict = await _verify(attempt, user.password_hash, password)
     if verdict.ok:
         if attempt is not None:
