@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, false, func, true
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, false, func, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from quart_login import UserMixin
@@ -149,13 +149,15 @@ class OutboxMessage(Base):
 
 
 class UserFactor(Base):
-    """A second factor of a user: an authenticator app ("totp"), later a passkey ("webauthn").
+    """A second factor of a user: an authenticator app ("totp") or a passkey ("webauthn").
 
     A TOTP factor's ``secret`` is the base32 secret encrypted (quart_app.core.crypto,
     the MFA key), never plain; ``last_step`` is the last 30-second step a code
     was accepted for, so that no code is accepted twice. A factor whose
     ``confirmed_at`` is NULL is a setup not yet confirmed by a right code: it
-    counts for nothing.
+    counts for nothing. A passkey (quart_app/auth/passkeys.py, revision
+    "passkeys") has its credential id, COSE public key (not a secret), the
+    signature counter last seen and the user handle it was registered with.
     """
 
     __tablename__ = "user_factors"
@@ -171,9 +173,35 @@ class UserFactor(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     confirmed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Passkeys only.
+    credential_id: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    public_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    sign_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    user_handle: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    transports: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+    __table_args__ = (Index("uq_user_factors_credential_id", credential_id, unique=True),)
 
     def __repr__(self) -> str:  # never the secret
         return f"<UserFactor {self.id} {self.kind!r} of user {self.user_id}>"
+
+
+class WebauthnChallenge(Base):
+    """A challenge handed out for a WebAuthn ceremony: its SHA-256 only, consumed once (quart_app/auth/passkeys.py).
+
+    ``purpose``: "register" (adding a passkey; ``user_id`` set), "login"
+    (passwordless sign-in; no user: nothing tells who has an account) or
+    "second" (a passkey as the second step of a pending login; ``user_id`` set).
+    """
+
+    __tablename__ = "webauthn_challenges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    purpose: Mapped[str] = mapped_column(String(16), nullable=False)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, index=True)
 
 
 class RecoveryCode(Base):

@@ -280,6 +280,14 @@ class Settings:
     # The name authenticator apps show beside the username.
     MFA_ISSUER: str = "Quart App"
 
+    # Passkeys (WebAuthn, quart_app/auth/passkeys.py). The relying party: the
+    # site's domain (empty: PUBLIC_URL's host, localhost in development), a
+    # suffix of PUBLIC_URL's host; the expected origin is PUBLIC_URL's. Off
+    # in production while neither names a real domain.
+    WEBAUTHN_RP_ID: str = ""
+    # How long a ceremony's challenge lives (seconds); each works once.
+    WEBAUTHN_CHALLENGE_TTL: int = 300
+
     @property
     def is_production(self) -> bool:
         return self.ENV == "production"
@@ -291,6 +299,21 @@ class Settings:
     @property
     def secret_key_fallbacks(self) -> list[str]:
         return [key.strip() for key in self.SECRET_KEY_FALLBACKS.split(",") if key.strip()]
+
+    @property
+    def webauthn_origin(self) -> str:
+        """The origin a passkey ceremony must come from: PUBLIC_URL's scheme, host and port."""
+        parts = urlsplit(self.PUBLIC_URL)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def webauthn_rp_id(self) -> str:
+        return (self.WEBAUTHN_RP_ID.strip().lower() or urlsplit(self.PUBLIC_URL).hostname or "").rstrip(".")
+
+    @property
+    def webauthn_enabled(self) -> bool:
+        """Passkeys on: always outside production; there, once the relying party is a real domain."""
+        return not (self.is_production and self.webauthn_rp_id in ("", "localhost"))
 
     @property
     def mfa_key_fallbacks(self) -> list[str]:
@@ -387,6 +410,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         settings = replace(settings, HASH_WORKERS=settings.HASH_QUEUE_LIMIT)
     settings = _mail_settings(settings)
     _check_mfa(settings)
+    _check_webauthn(settings)
     _check_relations(settings)
     return settings
 
@@ -469,6 +493,22 @@ def _check_mfa(settings: Settings) -> None:
             f"{PREFIX}MFA_ISSUER must be a name of 1 to 64 characters without a colon or control characters "
             f"(got {issuer!r})"
         )
+
+
+def _check_webauthn(settings: Settings) -> None:
+    """WEBAUTHN_RP_ID: a domain that PUBLIC_URL's host is, or ends with (browsers refuse anything else)."""
+    rp_id = settings.webauthn_rp_id
+    host = (urlsplit(settings.PUBLIC_URL).hostname or "").lower()
+    if settings.WEBAUTHN_RP_ID.strip():
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", rp_id):
+            got = settings.WEBAUTHN_RP_ID
+            raise ConfigError(f"{PREFIX}WEBAUTHN_RP_ID must be a domain like example.com (got {got!r})")
+        if host != rp_id and not host.endswith("." + rp_id):
+            raise ConfigError(
+                f"{PREFIX}WEBAUTHN_RP_ID ({rp_id}) must be {PREFIX}PUBLIC_URL's host ({host}) or a domain it is under"
+            )
+    if settings.WEBAUTHN_CHALLENGE_TTL < 30 or settings.WEBAUTHN_CHALLENGE_TTL > 3600:
+        raise ConfigError(f"{PREFIX}WEBAUTHN_CHALLENGE_TTL must be between 30 and 3600 seconds")
 
 
 def _check_relations(settings: Settings) -> None:
