@@ -12,6 +12,7 @@ from quart import Quart
 from . import auth, mail, serving, speedups
 from .api import docs as api_docs
 from .api.mfa import bp as mfa_api_bp
+from .api.passkeys import bp as passkeys_api_bp
 from .api.views import bp as api_bp
 from .auth import passwords
 from .auth.throttle import Throttle
@@ -71,6 +72,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(mfa_pages_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(mfa_api_bp)
+    app.register_blueprint(passkeys_api_bp)
     api_docs.init_app(app)
     app.register_blueprint(live_bp)
     headers.init_app(app)

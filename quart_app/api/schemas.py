@@ -161,8 +161,11 @@ class MfaRequired(BaseModel):
     """
 
     mfa_required: Literal[True]
-    methods: list[Literal["totp", "recovery_code"]] = Field(
-        description="What `POST /api/login/2fa` takes: a code of the authenticator app, or a recovery code.",
+    methods: list[Literal["totp", "webauthn", "recovery_code"]] = Field(
+        description=(
+            "What the account's second step takes: a code of the authenticator app or a recovery code "
+            "(`POST /api/login/2fa`), a passkey (`POST /api/login/2fa/webauthn`)."
+        ),
         examples=[["totp", "recovery_code"]],
     )
 

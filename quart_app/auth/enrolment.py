@@ -26,7 +26,7 @@ from ..db import commit_pending, get_db
 from ..exceptions import HTTPError, ValidationError
 from ..mail import queue_mail
 from ..models import User
-from . import mfa
+from . import mfa, passkeys
 from .events import audit
 from .service import SESSION_ENDED, check_password
 from .sessions import get_store
@@ -265,3 +265,51 @@ async def reset_factors(user: User) -> tuple[int, int]:
     audit("mfa_reset", user, detail=f"{removed} factor(s) removed; {revoked} session(s) revoked")
     await db.commit()
     return removed, revoked
+
+
+# -- passkeys (auth/passkeys.py) ---------------------------------------------------------------------
+
+
+async def add_passkey(user: User, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep the passkey the browser made for ``registration_options``: ``{id, name, created_at}``.
+
+    As turning a factor on: every other session revoked, a notice mailed, an
+    audit row; this session has presented the new passkey (AAL 2).
+    """
+    db = get_db()
+    try:
+        factor = await passkeys.register(user, data)
+        revoked = await _revoke_others(user)
+        notice = {"username": user.username, "name": factor.name}
+        await queue_mail(db, to=user.email, template="passkey_added", context=notice, user_id=user.id)
+    except BaseException:
+        await db.rollback()
+        raise
+    audit("passkey_added", user, detail=f"passkey {factor.id}; {revoked} other session(s) revoked")
+    await db.commit()
+    await _keep_this_session(passkeys.WEBAUTHN)
+    described = passkeys.describe(factor)
+    return {key: described[key] for key in ("id", "name", "created_at")}
+
+
+async def remove_passkey(user: User, passkey_id: int, *, by_support: bool = False) -> None:
+    """Remove one of ``user``'s passkeys: 404 for another's, 409 for the last factor while MFA_REQUIRED is on.
+
+    Every other session is revoked (support's removal: every session) and a notice mailed.
+    """
+    db = get_db()
+    try:
+        factor = await passkeys.remove(user, passkey_id, db=db)
+        if by_support:
+            revoked = await get_store().revoke_user(user.id, db=db)
+        else:
+            revoked = await _revoke_others(user)
+        notice = {"username": user.username, "name": factor.name, "by_support": by_support}
+        await queue_mail(db, to=user.email, template="passkey_removed", context=notice, user_id=user.id)
+    except BaseException:
+        await db.rollback()
+        raise
+    audit("passkey_removed", user, detail=f"passkey {factor.id}; {revoked} session(s) revoked")
+    await db.commit()
+    if not by_support:
+        await _keep_this_session()

@@ -50,6 +50,11 @@ mfa_disabled = _signals.signal("mfa-disabled")
 recovery_codes_regenerated = _signals.signal("recovery-codes-regenerated")
 recovery_code_used = _signals.signal("recovery-code-used")
 mfa_reset = _signals.signal("mfa-reset")
+# Passkeys (auth/passkeys.py).
+passkey_added = _signals.signal("passkey-added")
+passkey_used = _signals.signal("passkey-used")
+passkey_removed = _signals.signal("passkey-removed")
+passkey_counter_regression = _signals.signal("passkey-counter-regression")
 
 __all__ = [
     "audit",
@@ -61,6 +66,10 @@ __all__ = [
     "mfa_disabled",
     "mfa_enabled",
     "mfa_reset",
+    "passkey_added",
+    "passkey_counter_regression",
+    "passkey_removed",
+    "passkey_used",
     "password_changed",
     "password_reset",
     "password_reset_requested",
@@ -97,6 +106,10 @@ SIGNALS = {
     "recovery_codes_regenerated": recovery_codes_regenerated,
     "recovery_code_used": recovery_code_used,
     "mfa_reset": mfa_reset,
+    "passkey_added": passkey_added,
+    "passkey_used": passkey_used,
+    "passkey_removed": passkey_removed,
+    "passkey_counter_regression": passkey_counter_regression,
     # A wrong second factor at login is a failed login too (its detail says which).
     "mfa_login_failed": user_login_failed,
 }

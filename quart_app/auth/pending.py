@@ -43,7 +43,7 @@ from ..db import get_db
 from ..exceptions import HTTPError, ValidationError
 from ..mail import queue_mail
 from ..models import MfaPending, User
-from . import mfa
+from . import mfa, passkeys
 from .attempts import begin_attempt
 from .events import audit
 from .throttle import get_throttle
@@ -63,12 +63,15 @@ __all__ = [
 COOKIE = "quart_app_mfa"
 MAX_FAILURES = 5  # wrong codes a pending login takes before it dies
 METHODS = ("totp", "recovery_code")
+# What each kind of factor offers at the second step (a passkey: "webauthn").
+_METHOD_OF_KIND = {"totp": "totp", "webauthn": "webauthn"}
 NEXT_MAX = 2048  # the column's length; a longer ``next`` is not kept
 
 NO_PENDING = "No login is waiting for a second factor: log in again."
 WRONG_CODE = "That code is not right. Enter the code your authenticator app shows now, or an unused recovery code."
 TOO_MANY_WRONG = "Too many wrong codes: log in again."
 CODE_REQUIRED = "Enter the code from your authenticator app, or a recovery code."
+PASSKEY_REFUSED = "That passkey could not be verified. Try again, or enter a code."
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class Completed:
 
     user: User
     next: str | None
-    method: str  # "otp" or "rec"
+    method: str  # "otp", "rec" or "webauthn"
     recovery_codes_left: int | None = None
 
 
@@ -145,9 +148,25 @@ async def start(user: User, *, remember: bool, next_page: str | None = None) -> 
             failures=0,
         )
     )
+    methods = await _methods(db, user)
     await db.commit()
     _set_cookie(secret, ttl)
-    return MfaRequired(user)
+    return MfaRequired(user, methods)
+
+
+async def _methods(db, user: User) -> tuple[str, ...]:
+    """What the second step offers this account: its kinds of factor, and recovery codes while any is unused."""
+    kinds = {factor.kind for factor in await mfa.factors_of(user, db=db)}
+    offered = [method for kind, method in _METHOD_OF_KIND.items() if kind in kinds]
+    if await mfa.recovery_codes_left(user, db=db):
+        offered.append("recovery_code")
+    return tuple(offered) or METHODS
+
+
+async def pending_user() -> User | None:
+    """The user of this client's live pending login (for the passkey options of the second step), or None."""
+    found = await _find()
+    return None if found is None else found[1]
 
 
 async def _find() -> tuple[MfaPending, User] | None:
@@ -203,26 +222,36 @@ async def _check(user: User, code: str) -> tuple[str, int | None] | None:
     return None
 
 
-async def complete(data: Mapping[str, Any]) -> Completed:
+async def complete(data: Mapping[str, Any], *, passkey: bool = False) -> Completed:
     """Finish this client's pending login with ``data["code"]`` and log in (see the module's docstring).
 
-    401 without a live pending login, or for a wrong code; 400 without a
-    code; 429 (``Retry-After``) once this account or client is over the
-    login throttle's limit.
+    With ``passkey``, ``data["credential"]`` instead: a passkey of the
+    account's answering ``passkeys.second_factor_options``. 401 without a
+    live pending login, or for a wrong code or passkey; 400 without a code
+    (or credential); 429 (``Retry-After``) once this account or client is
+    over the login throttle's limit. A refused passkey counts like a wrong code.
     """
     found = await _find()
     if found is None:
         raise _no_pending()
     pending, user = found
     code = data.get("code")
-    if not isinstance(code, str) or not code.strip():
+    if passkey:
+        passkeys._credential(data)  # a 400 for no credential, before anything counts
+    elif not isinstance(code, str) or not code.strip():
         raise ValidationError({"code": CODE_REQUIRED})
 
     throttle = get_throttle()
     attempt = await begin_attempt(f"user:{user.id}", user)
     db = get_db()
     try:
-        matched = await _check(user, code)
+        if passkey:
+            try:
+                matched = ("webauthn", None) if await passkeys.verify_second_factor(user, data) else None
+            except passkeys.PasskeyRefused:
+                matched = None
+        else:
+            matched = await _check(user, code)
         if matched is not None:
             # Ended here, in the transaction that used the code: of two requests
             # racing on one pending login, one logs in, the other's code stays unused.
@@ -252,13 +281,16 @@ async def complete(data: Mapping[str, Any]) -> Completed:
             execution_options={"synchronize_session": False},
         )
         killed = dead.rowcount == 1
-        audit("mfa_login_failed", user, detail="wrong code" + ("; pending login ended" if killed else ""))
+        what = "passkey refused" if passkey else "wrong code"
+        audit("mfa_login_failed", user, detail=what + ("; pending login ended" if killed else ""))
         await db.commit()
         if attempt is not None:
             await throttle.failed(attempt)
         if killed:
             _clear_cookie()
             raise HTTPError(401, TOO_MANY_WRONG)
+        if passkey:
+            raise HTTPError(401, PASSKEY_REFUSED)
         raise HTTPError(401, WRONG_CODE, fields={"code": WRONG_CODE})
 
     method, left = matched
