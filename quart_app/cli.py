@@ -10,8 +10,10 @@ from typing import Any
 import click
 from quart import Quart
 
-from .auth import enrolment, recovery, service
+from .auth import enrolment, passkeys, recovery, service
+from .db import get_db
 from .exceptions import HTTPError
+from .models import MAX_ID
 
 
 def run_in_app(app: Quart, work: Callable[[], Awaitable[Any]]) -> Any:
@@ -124,3 +126,39 @@ def register_cli(app: Quart) -> None:
             click.echo(f"Removed the second factor(s) of {user.username}; revoked {revoked} session(s).")
         else:
             click.echo(f"{user.username} had no second factor; revoked {revoked} session(s).")
+
+    @users.command("passkeys", with_appcontext=False)
+    @click.argument("username")
+    def list_passkeys(username: str) -> None:
+        """List USERNAME's passkeys: id, name, when added and last used."""
+
+        async def listed(user: Any) -> list[dict[str, Any]]:
+            found = await passkeys.passkeys_of(user)
+            await get_db().commit()
+            return [passkeys.describe(factor) for factor in found]
+
+        user, rows = _with_user(username, listed)
+        if not rows:
+            click.echo(f"{user.username} has no passkey.")
+            return
+        for row in rows:
+            used = row["last_used_at"] or "never"
+            click.echo(f"{row['id']:>6}  {row['name']}  added {row['created_at']}  last used {used}")
+
+    @users.command("remove-passkey", with_appcontext=False)
+    @click.argument("username")
+    @click.argument("passkey_id", type=click.IntRange(1, MAX_ID))
+    def remove_passkey(username: str, passkey_id: int) -> None:
+        """Remove one of USERNAME's passkeys (support checked who asks): a notice mailed, every session revoked."""
+
+        async def removed(user: Any) -> str | None:
+            try:
+                await enrolment.remove_passkey(user, passkey_id, by_support=True)
+            except HTTPError as error:
+                return error.message
+            return None
+
+        user, problem = _with_user(username, removed)
+        if problem is not None:
+            _fail(problem)
+        click.echo(f"Removed passkey {passkey_id} of {user.username}; every session of theirs is revoked.")

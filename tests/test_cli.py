@@ -127,3 +127,35 @@ def test_verify_email_marks_the_address_verified(cli_app, database):
     assert rows(database, "SELECT email_verified FROM users") == [(True,)]
     unknown = invoke(cli_app, "verify-email", "nobody")
     assert unknown.exit_code == 1 and "nobody" in unknown.output
+
+
+def test_passkeys_lists_and_remove_passkey_removes_one_and_revokes_every_session(cli_app, database):
+    from webauthn_authenticator import SoftAuthenticator
+
+    authenticator = SoftAuthenticator()
+
+    async def add():
+        async with cli_app.test_app():
+            client = cli_app.test_client()
+            account = {"username": "alice", "email": "a@example.com", "password": "correct horse battery"}
+            response = await client.post("/api/register", json=account)
+            assert response.status_code == 201
+            options = await (await client.post("/api/webauthn/register/options")).get_json()
+            added = await client.post(
+                "/api/webauthn/register/verify", json={"credential": authenticator.create(options), "name": "Laptop"}
+            )
+            assert added.status_code == 201, await added.get_data(as_text=True)
+            return (await added.get_json())["id"], auth_cookie(client)
+
+    passkey_id, cookie = asyncio.run(add())
+    listed = invoke(cli_app, "passkeys", "alice")
+    assert listed.exit_code == 0, listed.output
+    assert f"{passkey_id:>6}  Laptop  added " in listed.output and "last used never" in listed.output
+    assert invoke(cli_app, "remove-passkey", "alice", "999").exit_code == 1
+    assert rows(database, "SELECT count(*) FROM user_factors") == [(1,)]
+    removed = invoke(cli_app, "remove-passkey", "alice", str(passkey_id))
+    assert removed.exit_code == 0, removed.output
+    assert rows(database, "SELECT count(*) FROM user_factors") == [(0,)]
+    assert me_status(cli_app, cookie) == 401
+    assert "has no passkey" in invoke(cli_app, "passkeys", "alice").output
+    assert rows(database, "SELECT event FROM auth_events ORDER BY id DESC LIMIT 1") == [("passkey_removed",)]
