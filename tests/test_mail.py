@@ -139,6 +139,8 @@ async def test_every_kind_renders_with_a_subject_both_parts_and_no_password(mail
         "mfa_disabled": {"username": "bob", "by_support": False},
         "recovery_code_used": {"username": "bob", "remaining": 7},
         "recovery_codes_regenerated": {"username": "bob", "count": 10},
+        "passkey_added": {"username": "bob", "name": "Laptop"},
+        "passkey_removed": {"username": "bob", "name": "Laptop", "by_support": False},
     }
     kinds_on_disk = {path.name.split(".")[0] for path in (ROOT / "quart_app/templates/mail").glob("[!_]*.txt")}
     assert kinds_on_disk == set(kinds)

@@ -50,6 +50,13 @@ OPERATIONS = [
     "POST /api/2fa/totp/confirm",
     "POST /api/2fa/disable",
     "POST /api/2fa/recovery-codes",
+    "POST /api/webauthn/register/options",
+    "POST /api/webauthn/register/verify",
+    "GET /api/webauthn/credentials",
+    "DELETE /api/webauthn/credentials/{passkey_id}",
+    "POST /api/webauthn/login/options",
+    "POST /api/webauthn/login/verify",
+    "POST /api/login/2fa/webauthn",
 ]
 PUBLIC = {
     "POST /api/register",
@@ -58,6 +65,9 @@ PUBLIC = {
     "POST /api/password/forgot",
     "POST /api/password/reset",
     "POST /api/email/verify",
+    "POST /api/webauthn/login/options",
+    "POST /api/webauthn/login/verify",
+    "POST /api/login/2fa/webauthn",
 }
 CHECKS = [
     not_a_server_error,

@@ -55,6 +55,10 @@ class SignInVerify(BaseModel):
     remember: bool = False
 
 
+class NoOptions(BaseModel):
+    """An empty object: the sign-in options depend on nothing the client says."""
+
+
 class SecondStepAnswer(RootModel[SecondFactorLogin | dict[str, Any]]):
     """The user, logged in at AAL 2; or, for `{}`, the `PublicKeyCredentialRequestOptions` for its passkeys."""
 
@@ -124,8 +128,9 @@ async def delete_credential(passkey_id: int):
 
 
 @bp.post("/webauthn/login/options")
+@body(NoOptions)
 @returns(Options, 200)
-@errors(400, 404, 413, 415, 503)
+@errors(400, 403, 404, 413, 415, 503)
 async def login_options():
     """Options for a discoverable credential: no username asked (nothing tells who has an account)."""
     await json_body(optional=True)
@@ -135,7 +140,7 @@ async def login_options():
 @bp.post("/webauthn/login/verify")
 @body(SignInVerify)
 @returns(PublicUser, 200)
-@errors(400, 401, 404, 413, 415, 429, 503)
+@errors(400, 401, 403, 404, 413, 415, 429, 503)
 async def login_verify():
     """A valid assertion logs its user in without a password (two factors: amr webauthn, AAL 2): 200 and the cookie."""
     data = await json_body()
