@@ -37,8 +37,10 @@ SESSION_ENDED = "Too many wrong passwords: this session has been logged out. Log
 # lookup. Built once, columns rather than the entity: a login's lookup needs
 # no identity map or ORM loading (the user is rebuilt from the row).
 #
-# Whether the account has a confirmed second factor comes in the same trip (an
-# EXISTS on ix_user_factors_user_id): a login asks nothing more before it answers.
+# Whether the account has a confirmed second factor comes in the same trip (a
+# correlated lookup on ix_user_factors_user_id): a login asks nothing more
+# before it answers. A LIMIT 1 scalar subquery rather than EXISTS: PostgreSQL
+# may run an EXISTS as a hashed subplan over the whole table, a scan on every login.
 _WHERE_IDENT = or_(
     func.lower(User.username) == func.lower(bindparam("ident")),
     User.email_key == bindparam("email_key"),
@@ -46,7 +48,9 @@ _WHERE_IDENT = or_(
 _HAS_FACTOR = (
     select(UserFactor.id)
     .where(UserFactor.user_id == User.id, UserFactor.confirmed_at.is_not(None))
-    .exists()
+    .limit(1)
+    .scalar_subquery()
+    .is_not(None)
     .label("has_second_factor")
 )
 _BY_USERNAME_OR_EMAIL = select(*User.__table__.c).where(_WHERE_IDENT)
