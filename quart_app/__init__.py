@@ -15,6 +15,7 @@ from .api.mfa import bp as mfa_api_bp
 from .api.passkeys import bp as passkeys_api_bp
 from .api.views import bp as api_bp
 from .auth import passwords
+from .auth.passkeys import enabled as passkeys_enabled
 from .auth.throttle import Throttle
 from .cli import register_cli
 from .core import csrf, headers, security
@@ -68,6 +69,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     Throttle(settings).init_app(app)
     register_error_handlers(app)
     app.jinja_env.globals["mail_enabled"] = mail_enabled
+    app.jinja_env.globals["passkeys_enabled"] = passkeys_enabled
     app.register_blueprint(pages_bp)
     app.register_blueprint(mfa_pages_bp)
     app.register_blueprint(api_bp)

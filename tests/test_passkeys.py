@@ -377,12 +377,6 @@ async def test_a_challenge_registers_once_and_a_refused_answer_uses_it_up(app, d
     assert db_rows(database, "SELECT count(*) FROM webauthn_challenges") == [(0,)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passkeys.register: on IntegrityError (a credential already registered) it calls db.rollback(), which "
-    "undoes the DELETE that consumed the challenge; the challenge stays live and registers another credential "
-    "(201), so a registration challenge is not single-use on that path (the verification-failure path commits).",
-)
 async def test_a_challenge_refused_as_already_registered_is_used_up(app, database):
     alice = await passkey_account(app)
     options = await creation_options(alice.client)
@@ -577,13 +571,6 @@ async def test_a_cloned_authenticators_counter_going_back_is_401_and_audited(app
     assert (await sign_in(copied, alice.authenticator.get(await request_options(copied), counter=2))).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passkeys._assert compares the assertion's counter with the stored one BEFORE "
-    "verify_authentication_response checks its signature: an unsigned assertion naming a registered credential "
-    "id (listed in allowCredentials to anyone with the password) is audited as passkey_counter_regression, sends "
-    "that signal, and answers COUNTER_WENT_BACK instead of the generic 401, telling that the credential exists.",
-)
 async def test_an_unsigned_assertion_is_not_taken_for_a_counter_regression(app, database):
     alice = await passkey_account(app)
     browser = app.test_client()

@@ -44,7 +44,7 @@ from webauthn import (
     verify_authentication_response,
     verify_registration_response,
 )
-from webauthn.helpers import options_to_json_dict, parse_authenticator_data
+from webauthn.helpers import options_to_json_dict
 from webauthn.helpers.exceptions import WebAuthnException
 from webauthn.helpers.structs import (
     AuthenticatorSelectionCriteria,
@@ -352,11 +352,18 @@ async def register(user: User, data: Mapping[str, Any]) -> UserFactor:
         if isinstance(transports, list)
         else None,
     )
+    taken = await db.execute(select(UserFactor.id).where(UserFactor.credential_id == verified.credential_id))
+    if taken.first() is not None:
+        await db.commit()  # the challenge stays used
+        raise HTTPError(400, ALREADY_REGISTERED)
     db.add(factor)
     try:
         await db.flush()
     except IntegrityError:
+        # Registered by a racing request meanwhile: the rollback gave the challenge back; use it up again.
         await db.rollback()
+        await _consume(db, challenge, REGISTER, user.id)
+        await db.commit()
         raise HTTPError(400, ALREADY_REGISTERED) from None
     return factor
 
@@ -406,13 +413,6 @@ def _raw_id(credential: Mapping[str, Any]) -> bytes | None:
     return raw if 0 < len(raw) <= 1023 else None
 
 
-def _signed_count(credential: Mapping[str, Any]) -> int | None:
-    try:
-        return parse_authenticator_data(_unb64url(credential["response"]["authenticatorData"])).sign_count
-    except (WebAuthnException, ValueError, KeyError, TypeError):
-        return None
-
-
 async def _assert(
     db: AsyncSession, credential: Mapping[str, Any], purpose: str, user: User | None
 ) -> tuple[UserFactor, User] | None:
@@ -445,22 +445,25 @@ async def _assert(
         except ValueError:
             return None
     stored = factor.sign_count or 0
-    signed = _signed_count(credential)
-    if signed is not None and (signed or stored) and signed <= stored:
-        audit("passkey_counter_regression", owner, detail=f"passkey {factor.id}: counter {signed} after {stored}")
-        raise PasskeyRefused(401, COUNTER_WENT_BACK)
     try:
+        # The signature first (against a count of 0, which any count passes): only a signed
+        # assertion can tell of a counter that went backwards.
         verified = verify_authentication_response(
             credential=dict(credential),
             expected_challenge=challenge,
             expected_rp_id=settings.webauthn_rp_id,
             expected_origin=settings.webauthn_origin,
             credential_public_key=factor.public_key or b"",
-            credential_current_sign_count=stored,
+            credential_current_sign_count=0,
             require_user_verification=True,
         )
     except (WebAuthnException, ValueError, KeyError, TypeError):
         return None
+    signed = verified.new_sign_count
+    if (signed or stored) and signed <= stored:
+        # A signed answer whose counter did not move: a copy of the authenticator (or a replay of one).
+        audit("passkey_counter_regression", owner, detail=f"passkey {factor.id}: counter {signed} after {stored}")
+        raise PasskeyRefused(401, COUNTER_WENT_BACK)
     # Moved forward only from the count this check read: of two answers racing, one wins.
     moved = await db.execute(
         update(UserFactor)

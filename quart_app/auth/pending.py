@@ -187,6 +187,26 @@ async def _find() -> tuple[MfaPending, User] | None:
     return None if row is None else (row[0], row[1])
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """What the second step's page shows: the methods the account offers, and where the login goes after."""
+
+    methods: tuple[str, ...]
+    next: str | None
+
+
+async def waiting() -> Waiting | None:
+    """This client's live pending login as the page needs it, or None."""
+    found = await _find()
+    if found is None:
+        return None
+    pending, user = found
+    db = get_db()
+    methods = await _methods(db, user)
+    await db.commit()
+    return Waiting(methods, pending.next)
+
+
 async def is_waiting() -> bool:
     """Whether this client has a live pending login (the code page is shown, else 401)."""
     return await _find() is not None

@@ -109,9 +109,12 @@ async def login():
 async def login_2fa():
     """The second step of a login with a second factor: a code finishes the pending login (else 401)."""
     if request.method == "GET":
-        if not await pending.is_waiting():
+        found = await pending.waiting()
+        if found is None:
             return await render("login_2fa.html", waiting=False, errors={}, message=pending.NO_PENDING), 401
-        return await render("login_2fa.html", waiting=True, errors={})
+        return await render(
+            "login_2fa.html", waiting=True, errors={}, methods=found.methods, next=safe_next(found.next)
+        )
     form = await request.form
     try:
         done = await pending.complete(form)

@@ -268,6 +268,11 @@
   }
 
   function nextOfThisPage() {
+    // The second step's page names where the pending login goes (its form has no next in the URL).
+    var named = document.querySelector("[data-next]");
+    if (named && named.getAttribute("data-next")) {
+      return named.getAttribute("data-next");
+    }
     return new URLSearchParams(window.location.search).get("next");
   }
 
