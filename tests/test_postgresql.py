@@ -202,8 +202,9 @@ class Proxy:
     async def refuse(self) -> None:
         self.mode = "refuse"
         self.server.close()
-        await self.server.wait_closed()
+        # Connections first: since Python 3.12 wait_closed() waits for every open one.
         self._reset_all()
+        await self.server.wait_closed()
 
     async def blackhole(self) -> None:
         self.mode = "blackhole"
