@@ -518,3 +518,115 @@ def _asyncpg_connection_errors() -> tuple[type[Exception], ...]:
     from asyncpg.exceptions import ConnectionDoesNotExistError, OperatorInterventionError, PostgresConnectionError
 
     return (ConnectionDoesNotExistError, OperatorInterventionError, PostgresConnectionError)
+
+
+# What asyncpg raises when a connection it had is gone (the server ended it:
+# a restart, a failover, pg_terminate_backend), as opposed to a refused or
+# silent server: a statement that failed this way on a pooled connection is
+# tried once more on a new one.
+def _connection_lost_errors() -> tuple[type[Exception], ...]:
+    from asyncpg.exceptions import AdminShutdownError, ConnectionDoesNotExistError, CrashShutdownError
+    from asyncpg.exceptions import InterfaceError as AsyncpgInterfaceError
+    from asyncpg.exceptions import InternalClientError
+
+    return (
+        AdminShutdownError,  # terminating connection due to administrator command (a restart, pg_terminate_backend)
+        CrashShutdownError,
+        ConnectionDoesNotExistError,
+        AsyncpgInterfaceError,
+        ConnectionResetError,
+        BrokenPipeError,
+        # The server's "terminating connection" arrived while the connection sat in
+        # the pool: asyncpg refuses the next statement ("another operation is in progress").
+        InternalClientError,
+    )
+
+
+def _discard(connection: Any) -> None:
+    """Close a pooled connection found broken, so that the pool opens a new one in its place."""
+    try:
+        connection.terminate()
+    except Exception:  # already released: the pool saw it closed and drops it itself
+        pass
+
+
+async def _keep_state(_connection: Any) -> None:
+    """asyncpg's reset on release, for connections that only run single autocommit statements: nothing to undo."""
+
+
+class StatementPool:
+    """A pool of plain asyncpg connections for the hot path's single statements (speed-up ``asyncpg_pool``).
+
+    Checking a connection out of SQLAlchemy's pool costs a greenlet switch
+    and, with ``pool_pre_ping``, three round trips (asyncpg's ping is
+    ``BEGIN; SELECT; ROLLBACK``) before the one statement the request needs;
+    and its overflow connections, opened and closed with every burst, each
+    cost a TLS negotiation and a login. This pool keeps up to
+    ``DB_POOL_SIZE`` connections open (opened on demand, closed after five
+    idle minutes), releases them without asyncpg's reset query (nothing here
+    changes session state) and does not ping: instead a statement that finds
+    its pooled connection ended by the server is run once more on a new one
+    (and every other connection open then is replaced at its next checkout,
+    as a restart or failover ends them all), which is safe because every
+    caller's work is a read or an idempotent update. The timeouts are the engine's: ``DB_POOL_TIMEOUT`` for a
+    connection, ``DB_CONNECT_TIMEOUT`` to open one, ``DB_COMMAND_TIMEOUT``
+    per statement; past them, or with the server refusing, the request is a
+    503 (``DatabaseUnavailable``).
+    """
+
+    NAME = "quart_app statements"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool: Any = None
+
+    async def open(self, engine: AsyncEngine) -> None:
+        """Ready to open connections to ``engine``'s database (an asyncpg engine), none opened yet."""
+        import asyncpg
+
+        _args, options = engine.dialect.create_connect_args(engine.url)
+        options = {key: value for key, value in options.items() if key in _ASYNCPG_CONNECT_OPTIONS}
+        # Named, so that pg_stat_activity tells these connections from the engine's.
+        options["server_settings"] = {**(options.get("server_settings") or {}), "application_name": self.NAME}
+        self._pool = asyncpg.create_pool(
+            min_size=0,
+            max_size=self.settings.DB_POOL_SIZE,
+            max_inactive_connection_lifetime=300.0,
+            reset=_keep_state,
+            timeout=self.settings.DB_CONNECT_TIMEOUT,
+            command_timeout=self.settings.DB_COMMAND_TIMEOUT,
+            **options,
+        )
+        await self._pool  # min_size=0: opens nothing yet
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self.settings.DB_CONNECT_TIMEOUT)
+            except (TimeoutError, *_UNREACHABLE):
+                pool.terminate()
+
+    async def run(self, work: Callable[[Any], Any]) -> Any:
+        """``await work(connection)`` on a pooled asyncpg connection; once more on a new one if it was lost."""
+        lost = _connection_lost_errors()
+        for attempt in (1, 2):
+            try:
+                async with self._pool.acquire(timeout=self.settings.DB_POOL_TIMEOUT) as connection:
+                    try:
+                        return await work(connection)
+                    except lost:
+                        if attempt == 2:
+                            raise
+                        # Its siblings are likely gone too (a restart ends them all): every
+                        # connection open now is replaced at its next checkout.
+                        _discard(connection)
+                        await self._pool.expire_connections()
+                continue
+            except (*_UNREACHABLE, *_asyncpg_connection_errors(), *lost) as error:
+                raise DatabaseUnavailable(f"no answer: {type(error).__name__}") from error
+        raise AssertionError("unreachable")
+
+
+# The keyword arguments of asyncpg.connect that a SQLAlchemy URL can give.
+_ASYNCPG_CONNECT_OPTIONS = frozenset({"host", "port", "user", "password", "database", "ssl", "server_settings"})

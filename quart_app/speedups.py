@@ -37,6 +37,13 @@ name                       what, and the library internals it touches
                            connection, or on a pooled asyncpg connection, with no Session or
                            ORM in between. Uses ``SQLCompiler.positiontup``/``binds`` and the
                            types' bind and result processors (quart_login's ``compile_raw``).
+``asyncpg_pool``           on PostgreSQL, those statements run on a pool of plain asyncpg
+                           connections (``quart_app.db.StatementPool``) instead of connections
+                           checked out of SQLAlchemy's pool: no pre-ping (three round trips
+                           with asyncpg), no reset query on release, no overflow connections
+                           opened and closed with each burst; a connection the server ended
+                           is replaced and the statement run once more. Needs
+                           ``raw_session_lookup``. asyncpg's public ``create_pool(reset=...)``.
 =========================  ==================================================================
 """
 
@@ -46,7 +53,7 @@ import gc
 import inspect
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -66,7 +73,7 @@ from quart_login.cookie import AuthCookie
 from quart_login.sqlalchemy_store import SQLAlchemyAuthSessionStore
 
 from .core.config import ConfigError, Settings
-from .db import Database, asyncpg_connection, run_sqlite
+from .db import Database, StatementPool, asyncpg_connection, run_sqlite
 from .rendering import RENDERER
 
 SPEEDUPS = (
@@ -77,6 +84,7 @@ SPEEDUPS = (
     "verified_cookies",
     "no_sync_context_processor",
     "raw_session_lookup",
+    "asyncpg_pool",
 )
 EXTENSION = "quart_app.speedups"
 
@@ -128,9 +136,16 @@ def install(app: Quart, settings: Settings, *, database: Database, store: SQLAlc
                 processors[:] = [p for p in processors if p is not flask_default_context_processor]
     if "raw_session_lookup" in chosen:
 
+        pool = StatementPool(settings) if "asyncpg_pool" in chosen else None
+
         @app.before_serving
         async def _raw_lookup() -> None:
-            install_raw_lookup(store, database)
+            await install_raw_lookup(store, database, pool)
+
+        @app.after_serving
+        async def _close_pool() -> None:
+            if pool is not None:
+                await pool.close()
 
     if "gc_freeze" in chosen:
         # Registered last, so that it runs once everything is built.
@@ -317,12 +332,22 @@ class VerifiedCookies:
 # -- raw_session_lookup ------------------------------------------------------------
 
 
-def install_raw_lookup(store: SQLAlchemyAuthSessionStore, database: Database) -> None:
-    """Point the store's lookups at the SQLite threads' or asyncpg's own connections, if the app has them."""
+async def install_raw_lookup(
+    store: SQLAlchemyAuthSessionStore, database: Database, pool: StatementPool | None = None
+) -> None:
+    """Point the store's lookups at the SQLite threads' or asyncpg's own connections, if the app has them.
+
+    On asyncpg, ``pool`` (speed-up ``asyncpg_pool``) runs them; without it they
+    run on connections checked out of the engine's pool.
+    """
     if database._threads is not None:
         _sqlite_lookup(store, database)
     elif database.engine is not None and database.engine.dialect.driver == "asyncpg":
-        _asyncpg_lookup(store)
+        if pool is not None:
+            await pool.open(database.engine)
+            _asyncpg_lookup(store, pool.run)
+        else:
+            _asyncpg_lookup(store, _on_engine_connection)
 
 
 def _sqlite_lookup(store: SQLAlchemyAuthSessionStore, database: Database) -> None:
@@ -352,22 +377,36 @@ def _sqlite_lookup(store: SQLAlchemyAuthSessionStore, database: Database) -> Non
     store.lookup, store.open_lookup = lookup, open_lookup
 
 
-def _asyncpg_lookup(store: SQLAlchemyAuthSessionStore) -> None:
+async def _on_engine_connection(work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """``await work(connection)`` on the asyncpg connection of a connection checked out of the engine's pool."""
+    async with asyncpg_connection() as connection:
+        return await work(connection)
+
+
+def _asyncpg_lookup(store: SQLAlchemyAuthSessionStore, run: Callable[[Callable[[Any], Awaitable[Any]]], Any]) -> None:
     raw = store.compile_for(asyncpg_dialect())
     resolve, is_open, touch = raw["resolve"], raw["open"], raw["touch"]
 
     async def lookup(digest: str, now: datetime, lifetimes: Lifetimes) -> tuple | None:
-        async with asyncpg_connection() as connection:
-            found = await connection.fetchrow(resolve.sql, *resolve.params(digest=digest, now=now))
+        resolve_params = resolve.params(digest=digest, now=now)
+
+        async def work(connection: Any) -> tuple | None:
+            found = await connection.fetchrow(resolve.sql, *resolve_params)
             if found is None:
                 return None
             row = resolve.decode(found)
             if (values := store.touch_values(row, now, lifetimes)) is not None:
                 await connection.execute(touch.sql, *touch.params(**values))
-        return row
+            return row
+
+        return await run(work)
 
     async def open_lookup(session_id: Any, now: datetime) -> bool:
-        async with asyncpg_connection() as connection:
-            return await connection.fetchrow(is_open.sql, *is_open.params(session_id=session_id, now=now)) is not None
+        params = is_open.params(session_id=session_id, now=now)
+
+        async def work(connection: Any) -> bool:
+            return await connection.fetchrow(is_open.sql, *params) is not None
+
+        return await run(work)
 
     store.lookup, store.open_lookup = lookup, open_lookup
