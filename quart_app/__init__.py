@@ -24,6 +24,7 @@ from .core.config import INSTANCE_PATH, load_settings
 from .db import Database
 from .errors import register_error_handlers
 from .live import bp as live_bp
+from .session_events import SessionEvents
 from .mail import mail_enabled
 from .mail.cli import register_mail_cli
 from .pages.mfa import bp as mfa_pages_bp
@@ -76,6 +77,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(mfa_api_bp)
     app.register_blueprint(passkeys_api_bp)
     api_docs.init_app(app)
+    SessionEvents(settings).init_app(app)
     app.register_blueprint(live_bp)
     headers.init_app(app)
     register_cli(app)

@@ -584,10 +584,7 @@ class StatementPool:
         """Ready to open connections to ``engine``'s database (an asyncpg engine), none opened yet."""
         import asyncpg
 
-        _args, options = engine.dialect.create_connect_args(engine.url)
-        options = {key: value for key, value in options.items() if key in _ASYNCPG_CONNECT_OPTIONS}
-        # Named, so that pg_stat_activity tells these connections from the engine's.
-        options["server_settings"] = {**(options.get("server_settings") or {}), "application_name": self.NAME}
+        options = connect_options(engine.dialect, engine.url, self.NAME)
         self._pool = asyncpg.create_pool(
             min_size=0,
             max_size=self.settings.DB_POOL_SIZE,
@@ -630,3 +627,16 @@ class StatementPool:
 
 # The keyword arguments of asyncpg.connect that a SQLAlchemy URL can give.
 _ASYNCPG_CONNECT_OPTIONS = frozenset({"host", "port", "user", "password", "database", "ssl", "server_settings"})
+
+
+def connect_options(dialect: Any, url: URL, name: str) -> dict[str, Any]:
+    """asyncpg.connect's keyword arguments for a SQLAlchemy asyncpg ``url``, the connection named ``name``.
+
+    The name shows in ``pg_stat_activity.application_name``, which tells the
+    app's own connections (the engine's, ``StatementPool``'s, the session
+    events' listener) apart.
+    """
+    _args, options = dialect.create_connect_args(url)
+    options = {key: value for key, value in options.items() if key in _ASYNCPG_CONNECT_OPTIONS}
+    options["server_settings"] = {**(options.get("server_settings") or {}), "application_name": name}
+    return options

@@ -2,9 +2,12 @@
 
 Something the sync Flask version cannot do: a browser tab learns of a logout
 in another tab, a password change, a revocation from another device or a
-deactivation, whichever worker or instance caused it, because the socket
-polls the shared session row (one indexed lookup every
-``QUART_APP_WS_POLL_INTERVAL`` seconds).
+deactivation, whichever worker or instance caused it. On PostgreSQL the
+database tells every worker as the change commits (LISTEN/NOTIFY), and the
+socket re-reads its session then, and when its expiry time comes; on SQLite
+(or with ``QUART_APP_SESSION_EVENTS=poll``, or while the channel is down) it
+re-reads it every ``QUART_APP_WS_POLL_INTERVAL`` seconds
+(quart_app/session_events.py).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import asyncio
 from quart import Blueprint, websocket
 
 from quart_login import current_auth_session, current_user
+from quart_login.store import utcnow
 
 from .auth.sessions import get_store
-from .core.config import get_settings
+from .session_events import get_session_events, wait_for_end
 
 bp = Blueprint("live", __name__)
 
@@ -32,8 +36,7 @@ async def session_channel() -> None:
         await websocket.close(POLICY_VIOLATION, "login required")
         return
     await websocket.send_json({"event": "hello", "username": current_user.username})
-    interval = get_settings().WS_POLL_INTERVAL
-    store = get_store()
+    store, events = get_store(), get_session_events()
 
     async def drain() -> None:
         # The client has nothing to say; reading notices when it goes away.
@@ -41,16 +44,24 @@ async def session_channel() -> None:
             await websocket.receive()
 
     reader = asyncio.ensure_future(drain())
+    watch = events.watch(auth_session.id, auth_session.user_id)
+    # One read right away: an end committed between the handshake's lookup and
+    # the watch above woke nobody.
+    watch.changed.set()
+    expires_at = auth_session.expires_at
     try:
         while True:
-            done, _ = await asyncio.wait({reader}, timeout=interval)
-            if done:  # the client went away
+            await wait_for_end(events, watch, expires_at=expires_at, now=utcnow, gone=reader)
+            if reader.done():  # the client went away
                 return
             # By the session's id: the session may get a new secret (a
             # password change in this browser) and is still the same one.
-            if not await store.is_open(auth_session.id):
+            until = await store.open_until(auth_session.id)
+            if until is None:
                 await websocket.send_json({"event": "revoked"})
                 await websocket.close(POLICY_VIOLATION, "session revoked")
                 return
+            expires_at = until
     finally:
+        events.unwatch(watch)
         reader.cancel()

@@ -368,11 +368,14 @@ def _sqlite_lookup(store: SQLAlchemyAuthSessionStore, database: Database) -> Non
 
         return await run_sqlite(database, work)
 
-    async def open_lookup(session_id: Any, now: datetime) -> bool:
+    async def open_lookup(session_id: Any, now: datetime) -> datetime | None:
         params = is_open.params(session_id=session_id, now=now)
-        return await run_sqlite(
-            database, lambda connection: connection.execute(is_open.sql, params).fetchone() is not None
-        )
+
+        def work(connection: sqlite3.Connection) -> datetime | None:
+            found = connection.execute(is_open.sql, params).fetchone()
+            return None if found is None else is_open.decode(found)[0]
+
+        return await run_sqlite(database, work)
 
     store.lookup, store.open_lookup = lookup, open_lookup
 
@@ -401,11 +404,12 @@ def _asyncpg_lookup(store: SQLAlchemyAuthSessionStore, run: Callable[[Callable[[
 
         return await run(work)
 
-    async def open_lookup(session_id: Any, now: datetime) -> bool:
+    async def open_lookup(session_id: Any, now: datetime) -> datetime | None:
         params = is_open.params(session_id=session_id, now=now)
 
-        async def work(connection: Any) -> bool:
-            return await connection.fetchrow(is_open.sql, *params) is not None
+        async def work(connection: Any) -> datetime | None:
+            found = await connection.fetchrow(is_open.sql, *params)
+            return None if found is None else is_open.decode(found)[0]
 
         return await run(work)
 

@@ -40,8 +40,8 @@ UnitRunner = Callable[[Unit], Awaitable[Any]]
 # ``SQLAlchemyAuthSessionStore.columns`` as Python values (or None), and
 # touches the session when ``touch_values`` says so.
 Lookup = Callable[[str, datetime, Lifetimes], Awaitable[tuple | None]]
-# The same for ``is_open``: given a session's id and the time, whether it still opens.
-OpenLookup = Callable[[Any, datetime], Awaitable[bool]]
+# The same for ``open_until``: given a session's id and the time, when it expires if it still opens, else None.
+OpenLookup = Callable[[Any, datetime], Awaitable[datetime | None]]
 
 IP_MAX, USER_AGENT_MAX = 45, 256
 
@@ -180,7 +180,7 @@ class SQLAlchemyAuthSessionStore:
             select(session_model.id).join(user_model, session_model.user_id == primary_key).where(*conditions)
         )
         self.open_statement = (
-            select(session_model.id)
+            select(session_model.expires_at)
             .join(user_model, session_model.user_id == primary_key)
             .where(session_model.id == bindparam("session_id"), *conditions[1:])
         )
@@ -304,13 +304,17 @@ class SQLAlchemyAuthSessionStore:
         return await self._run(work)
 
     async def is_open(self, session_id: Any) -> bool:
+        return await self.open_until(session_id) is not None
+
+    async def open_until(self, session_id: Any) -> datetime | None:
+        """When the session with this id expires, if it still opens (not revoked, expired or of an inactive
+        user); else None. (A request that touches it moves the time on.)"""
         now = utcnow()
         if self.open_lookup is not None:
             return await self.open_lookup(session_id, now)
 
-        def work(db: Session) -> bool:
-            found = db.connection().execute(self.open_statement, {"session_id": session_id, "now": now}).first()
-            return found is not None
+        def work(db: Session) -> datetime | None:
+            return db.connection().execute(self.open_statement, {"session_id": session_id, "now": now}).scalar()
 
         return await self._run(work)
 

@@ -202,7 +202,11 @@ class Settings:
     LOGIN_IP_BACKOFF_MAX: int = 60
     # fresh_login_required: a session older than this must re-enter the password.
     FRESH_LOGIN_WINDOW: int = 15 * 60
-    # /ws/session re-checks its session this often (seconds).
+    # How /ws/session learns that its session ended (quart_app/session_events.py):
+    # auto (LISTEN/NOTIFY on PostgreSQL, polling on SQLite), postgres, or poll.
+    SESSION_EVENTS: str = "auto"
+    # /ws/session re-checks its session this often (seconds) when it polls: on
+    # SQLite, with SESSION_EVENTS=poll, or while the event channel is down.
     WS_POLL_INTERVAL: float = 2.0
     REFRESH_VIEW: str = "pages.reauthenticate"
     NEEDS_REFRESH_MESSAGE: str = "Please reauthenticate to access this page."
