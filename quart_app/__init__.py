@@ -77,7 +77,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(mfa_api_bp)
     app.register_blueprint(passkeys_api_bp)
     api_docs.init_app(app)
-    SessionEvents(settings).init_app(app)
+    SessionEvents(settings).init_app(app, login_manager.store)
     app.register_blueprint(live_bp)
     headers.init_app(app)
     register_cli(app)

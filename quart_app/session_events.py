@@ -9,7 +9,14 @@
     an account removed, SQL by hand) and ``u:<id>`` for an account deactivated
     in place. NOTIFY is sent at commit, so a socket hears of an end once it is
     true and never of one rolled back.
-``poll`` (the default on SQLite, or chosen)
+``redis`` (the default on SQLite when ``QUART_APP_REDIS_URL`` is set, or chosen)
+    The session store tells this module of every session it ends (quart_login's
+    ``on_end`` hook, inside the transaction that ends it); once that transaction
+    commits, the worker publishes the events on the Redis channel
+    ``quart_app:sessions``, off the request's path, and every worker subscribes
+    to it. Only ends made through the app are published (not SQL by hand, which
+    PostgreSQL's triggers do see).
+``poll`` (the default on SQLite without Redis, or chosen)
     Each socket re-reads its session every ``QUART_APP_WS_POLL_INTERVAL`` seconds.
 
 An event is a hint, never the truth: the sockets it names re-read their
@@ -34,7 +41,9 @@ from datetime import datetime
 from typing import Any
 
 from quart import Quart, current_app
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from .core.config import ConfigError, Settings
 
@@ -42,7 +51,9 @@ log = logging.getLogger(__name__)
 
 EXTENSION = "quart_app.session_events"
 CHANNEL = "quart_app_sessions"  # alembic/versions/0012_session_events.py notifies on it
-MODES = ("auto", "poll", "postgres")
+MODES = ("auto", "poll", "postgres", "redis")
+REDIS_CHANNEL = "quart_app:sessions"
+_PENDING = "quart_app.session_events.pending"  # a Session's info: events to publish at its commit
 HEARTBEAT = 15.0  # seconds between checks of the listening connection
 RETRY_MAX = 10.0  # longest wait between attempts to listen again
 
@@ -56,8 +67,11 @@ def mode_of(settings: Settings) -> str:
     on_postgres = url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg"
     if chosen == "postgres" and not on_postgres:
         raise ConfigError("QUART_APP_SESSION_EVENTS=postgres needs a PostgreSQL database (postgresql+asyncpg://)")
+    if chosen == "redis" and not settings.REDIS_URL:
+        raise ConfigError("QUART_APP_SESSION_EVENTS=redis needs QUART_APP_REDIS_URL")
     if chosen == "auto":
-        return "postgres" if on_postgres else "poll"
+        # On PostgreSQL its own channel: transactional, and it sees every change, SQL by hand included.
+        return "postgres" if on_postgres else "redis" if settings.REDIS_URL else "poll"
     return chosen
 
 
@@ -86,11 +100,14 @@ class SessionEvents:
         #: Events received (for tests and the benchmark).
         self.received = 0
 
-    def init_app(self, app: Quart) -> None:
+    def init_app(self, app: Quart, store: Any) -> None:
+        """Serve ``app``'s sockets; with Redis, ``store`` (quart_login's SQLAlchemy store) tells what it ends."""
         app.extensions[EXTENSION] = self
-        if self.mode == "postgres":
+        if self.mode != "poll":
             app.before_serving(self.start)
             app.after_serving(self.stop)
+        if self.mode == "redis":
+            store.on_end = self._ended
 
     @property
     def live(self) -> bool:
@@ -140,7 +157,15 @@ class SessionEvents:
 
     async def start(self) -> None:
         self._stopping = False
-        self._task = asyncio.create_task(self._listen(), name="session events")
+        self._loop = asyncio.get_running_loop()
+        if self.mode == "redis":
+            from redis.asyncio import Redis
+
+            timeout = self.settings.DB_CONNECT_TIMEOUT
+            self._redis = Redis.from_url(self.settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout)
+            self._publishing: set[asyncio.Task] = set()
+        listen = self._listen_redis if self.mode == "redis" else self._listen
+        self._task = asyncio.create_task(listen(), name="session events")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -152,6 +177,91 @@ class SessionEvents:
                 pass
             self._task = None
         self._live = False
+        if self.mode == "redis":
+            if self._publishing:  # what was committed is still published (bounded by the socket timeout)
+                await asyncio.wait(self._publishing)
+            await self._redis.aclose()
+
+    # -- Redis: publishing what the app ended ----------------------------------
+
+    def _ended(self, db: Session, kind: str, ident: Any) -> None:
+        """quart_login's ``on_end`` hook: publish ``kind``'s event once ``db``'s transaction commits."""
+        pending = db.info.get(_PENDING)
+        if pending is None:
+            pending = db.info[_PENDING] = []
+            event.listen(db, "after_commit", self._committed)
+            event.listen(db, "after_rollback", _forget)
+        pending.append(("s:" if kind == "session" else "u:") + str(ident))
+
+    def _committed(self, db: Session) -> None:
+        # On the event loop (an AsyncSession) or on a SQLite thread (a unit of work there).
+        payloads = db.info.pop(_PENDING, None)
+        if payloads:
+            self._loop.call_soon_threadsafe(self._publish, payloads)
+
+    def _publish(self, payloads: list[str]) -> None:
+        task = self._loop.create_task(self._send(payloads))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _send(self, payloads: list[str]) -> None:
+        try:
+            for payload in dict.fromkeys(payloads):
+                await self._redis.publish(REDIS_CHANNEL, payload)
+        except Exception as error:  # noqa: BLE001 (logged; the sockets elsewhere learn of it when they re-read)
+            log.warning(
+                "session events: could not publish %d event(s) to Redis (%s: %s)",
+                len(payloads),
+                type(error).__name__,
+                error,
+            )
+
+    async def _listen_redis(self) -> None:
+        delay = 0.5
+        was_lost = False
+        while not self._stopping:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(REDIS_CHANNEL)
+                self._set_live(True)
+                if was_lost:
+                    log.warning("session events: listening again on Redis %s", REDIS_CHANNEL)
+                was_lost, delay = False, 0.5
+                pinged = False
+                while True:
+                    message = await pubsub.get_message(timeout=HEARTBEAT)
+                    if message is None:
+                        if pinged:  # a whole HEARTBEAT without the answer: a silent connection
+                            raise ConnectionError("Redis did not answer a ping")
+                        await pubsub.ping()
+                        pinged = True
+                        continue
+                    pinged = False  # anything heard (the pong too) shows the connection alive
+                    if message.get("type") == "message":
+                        data = message["data"]
+                        self.deliver(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 (any failure of the channel means: poll, and retry)
+                if not was_lost:
+                    log.warning(
+                        "session events: channel lost (%s: %s); sockets poll every %s s until it is back",
+                        type(error).__name__,
+                        error,
+                        self.settings.WS_POLL_INTERVAL,
+                    )
+                was_lost = True
+                self._set_live(False)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:  # noqa: BLE001 (already broken)
+                    pass
+            if not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    # -- PostgreSQL: listening to the triggers' notifications ------------------
 
     async def _connect(self) -> Any:
         import asyncpg
@@ -209,6 +319,10 @@ class SessionEvents:
 
     def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         self.deliver(payload)
+
+
+def _forget(db: Session) -> None:
+    db.info.pop(_PENDING, None)
 
 
 def get_session_events() -> SessionEvents:

@@ -42,6 +42,10 @@ UnitRunner = Callable[[Unit], Awaitable[Any]]
 Lookup = Callable[[str, datetime, Lifetimes], Awaitable[tuple | None]]
 # The same for ``open_until``: given a session's id and the time, when it expires if it still opens, else None.
 OpenLookup = Callable[[Any, datetime], Awaitable[datetime | None]]
+# Told of sessions ended, inside the unit of work that ends them (so that what
+# it records commits or rolls back with them): the Session, then ``"session"``
+# and a session's id, or ``"user"`` and the id of a user some of whose sessions ended.
+EndHook = Callable[[Session, str, Any], None]
 
 IP_MAX, USER_AGENT_MAX = 45, 256
 
@@ -157,6 +161,8 @@ class SQLAlchemyAuthSessionStore:
         #: Faster paths for one backend, set by the app (None: the statements run through SQLAlchemy).
         self.lookup: Lookup | None = None
         self.open_lookup: OpenLookup | None = None
+        #: Told of every session this store ends (a publisher of session events, say), or None.
+        self.on_end: EndHook | None = None
 
         user_mapper = inspect(user_model)
         self._user_mapper = user_mapper
@@ -191,6 +197,7 @@ class SQLAlchemyAuthSessionStore:
         )
         self._insert = insert(session_model)
         self._delete_by_digest = delete(session_model).where(session_model.token_hash == bindparam("digest"))
+        self._delete_by_digest_returning = self._delete_by_digest.returning(session_model.id)
         self._session_count = len(SESSION_FIELDS)
 
     # -- running units of work ---------------------------------------------
@@ -271,7 +278,7 @@ class SQLAlchemyAuthSessionStore:
         def work(db: Session) -> Any:
             connection = db.connection()
             if replaces is not None:
-                connection.execute(self._delete_by_digest, {"digest": token_digest(replaces)})
+                self._delete_digest(db, token_digest(replaces))
             return connection.execute(self._insert, {**values, "token_hash": token_digest(token)}).inserted_primary_key[
                 0
             ]
@@ -343,23 +350,46 @@ class SQLAlchemyAuthSessionStore:
         await self._run(lambda db: db.connection().execute(statement), db)
         return auth_session.with_changes(**changes)
 
+    def _delete_digest(self, db: Session, digest: str) -> bool:
+        """Delete the session this digest opens (telling ``on_end``): whether there was one."""
+        connection = db.connection()
+        if self.on_end is None:
+            return connection.execute(self._delete_by_digest, {"digest": digest}).rowcount > 0
+        ended = connection.execute(self._delete_by_digest_returning, {"digest": digest})
+        ids = ended.scalars().all()
+        for session_id in ids:
+            self.on_end(db, "session", session_id)
+        return bool(ids)
+
     async def revoke(self, token: str, *, db: AsyncSession | None = None) -> bool:
         digest = token_digest(token)
-        return await self._run(
-            lambda db: db.connection().execute(self._delete_by_digest, {"digest": digest}).rowcount > 0, db
-        )
+        return await self._run(lambda db: self._delete_digest(db, digest), db)
 
     async def revoke_id(self, user_id: Any, session_id: Any, *, db: AsyncSession | None = None) -> bool:
         model = self.session_model
         statement = delete(model).where(model.id == session_id, model.user_id == user_id)
-        return await self._run(lambda db: db.connection().execute(statement).rowcount > 0, db)
+
+        def work(db: Session) -> bool:
+            ended = db.connection().execute(statement).rowcount > 0
+            if ended and self.on_end is not None:
+                self.on_end(db, "session", session_id)
+            return ended
+
+        return await self._run(work, db)
 
     async def revoke_user(self, user_id: Any, *, keep: Any = None, db: AsyncSession | None = None) -> int:
         model = self.session_model
         statement = delete(model).where(model.user_id == user_id)
         if keep is not None:
             statement = statement.where(model.id != keep)
-        return await self._run(lambda db: db.connection().execute(statement).rowcount, db)
+
+        def work(db: Session) -> int:
+            count = db.connection().execute(statement).rowcount
+            if count and self.on_end is not None:
+                self.on_end(db, "user", user_id)
+            return count
+
+        return await self._run(work, db)
 
     async def list_user(self, user_id: Any, *, db: AsyncSession | None = None) -> list[AuthSession]:
         model = self.session_model

@@ -186,3 +186,68 @@ async def test_sqlite_sockets_poll_and_the_postgres_channel_is_refused(make_app,
 async def test_an_unknown_channel_is_refused(make_app):
     with pytest.raises(ConfigError, match="QUART_APP_SESSION_EVENTS must be one of"):
         make_app(SESSION_EVENTS="carrier-pigeon")
+
+
+# -- Redis: the app publishes what it ends, every worker subscribes --------------------
+
+
+@pytest.fixture
+async def redis_instances(make_app, redis_server):
+    """Two apps on one database and one Redis, events through Redis, polling only every SLOW_POLL seconds."""
+    shared = {
+        "WS_POLL_INTERVAL": SLOW_POLL,
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "REDIS_URL": redis_server,
+        "SESSION_EVENTS": "redis",
+    }
+    a, b = make_app(**shared), make_app(**shared)
+    async with a.test_app(), b.test_app():
+        await until(lambda: events_of(a).live and events_of(b).live)
+        yield a, b
+
+
+@pytest.mark.parametrize("action", [logout, revoke_others, change_password])
+async def test_with_redis_an_end_on_one_instance_reaches_a_socket_on_the_other_at_once(redis_instances, action):
+    a, b = redis_instances
+    assert events_of(b).mode == "redis"
+    client = a.test_client()
+    assert (await register_api(client, "alice")).status_code == 201
+    cookie = auth_cookie(client)
+    async with Socket(b, cookie) as ws:
+        assert (await next_event(ws))["event"] == "hello"
+        await action(a, cookie)
+        assert await next_event(ws) == {"event": "revoked"}
+        assert await closed_with(ws) == POLICY_VIOLATION
+
+
+async def test_with_redis_a_lost_channel_is_logged_sockets_poll_and_listening_resumes(
+    make_app, redis_server, caplog
+):
+    import redis
+
+    app = make_app(WS_POLL_INTERVAL=0.2, REDIS_URL=redis_server, SESSION_EVENTS="redis")
+    async with app.test_app():
+        events = events_of(app)
+        await until(lambda: events.live)
+        client = app.test_client()
+        await register_api(client, "alice")
+        cookie = auth_cookie(client)
+        with caplog.at_level(logging.WARNING, logger="quart_app.session_events"):
+            assert redis.Redis.from_url(redis_server).client_kill_filter(_type="pubsub") >= 1
+            await until(lambda: not events.live)
+            assert "channel lost" in caplog.text
+            async with Socket(app, cookie) as ws:
+                assert (await next_event(ws))["event"] == "hello"
+                await until(lambda: events.live, timeout=5.0)
+                assert "listening again" in caplog.text
+                received = events.received
+                await logout(app, cookie)
+                assert await next_event(ws) == {"event": "revoked"}
+                assert events.received > received
+
+
+async def test_on_sqlite_a_redis_url_chooses_redis(make_app, backend, redis_server):
+    expected = "redis" if backend.name == "sqlite" else "postgres"  # PostgreSQL keeps its own channel
+    assert events_of(make_app(REDIS_URL=redis_server)).mode == expected
+    with pytest.raises(ConfigError, match="SESSION_EVENTS=redis needs QUART_APP_REDIS_URL"):
+        make_app(SESSION_EVENTS="redis")
