@@ -178,6 +178,7 @@ class SessionEvents:
             self._task = None
         self._live = False
         if self.mode == "redis":
+            await asyncio.sleep(0)  # publications committed just before (a CLI command) get their task
             if self._publishing:  # what was committed is still published (bounded by the socket timeout)
                 await asyncio.wait(self._publishing)
             await self._redis.aclose()

@@ -251,3 +251,19 @@ async def test_on_sqlite_a_redis_url_chooses_redis(make_app, backend, redis_serv
     assert events_of(make_app(REDIS_URL=redis_server)).mode == expected
     with pytest.raises(ConfigError, match="SESSION_EVENTS=redis needs QUART_APP_REDIS_URL"):
         make_app(SESSION_EVENTS="redis")
+
+
+async def test_with_redis_the_cli_run_elsewhere_reaches_a_socket(make_app, database, redis_server):
+    """`users deactivate` (its own process in real life: here its own app and event loop) publishes too."""
+    shared = {"WS_POLL_INTERVAL": SLOW_POLL, "REDIS_URL": redis_server, "SESSION_EVENTS": "redis"}
+    app = make_app(**shared)
+    async with app.test_app():
+        await until(lambda: events_of(app).live)
+        client = app.test_client()
+        await register_api(client, "alice")
+        async with Socket(app, auth_cookie(client)) as ws:
+            assert (await next_event(ws))["event"] == "hello"
+            cli = make_app(**shared, SECRET_KEY=app.secret_key)
+            result = await asyncio.to_thread(cli.test_cli_runner().invoke, args=["users", "deactivate", "alice"])
+            assert result.exit_code == 0, result.output
+            assert await next_event(ws) == {"event": "revoked"}
