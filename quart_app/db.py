@@ -66,6 +66,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
@@ -140,6 +141,15 @@ def is_outage(error: DBAPIError) -> bool:
     if isinstance(error.orig, sqlite3.Error):
         return _sqlite_code(error.orig) in _SQLITE_UNAVAILABLE
     return isinstance(error, OperationalError | InterfaceError)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot be used now (what the app answers with 503), not a bug."""
+    if isinstance(error, DatabaseUnavailable | PoolTimeout):
+        return True
+    if isinstance(error, DBAPIError):
+        return is_outage(error)
+    return isinstance(error, _UNREACHABLE) and raised_by_database(error)
 
 
 def _sqlite_error(code: int, name: str, message: str) -> sqlite3.OperationalError:

@@ -13,6 +13,7 @@ re-reads it every ``QUART_APP_WS_POLL_INTERVAL`` seconds
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from quart import Blueprint, websocket
 
@@ -20,9 +21,11 @@ from quart_login import current_auth_session, current_user
 from quart_login.store import utcnow
 
 from .auth.sessions import get_store
+from .db import is_unavailable
 from .session_events import get_session_events, wait_for_end
 
 bp = Blueprint("live", __name__)
+log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008  # RFC 6455: what an anonymous or revoked client is closed with
 
@@ -49,14 +52,26 @@ async def session_channel() -> None:
     # the watch above woke nobody.
     watch.changed.set()
     expires_at = auth_session.expires_at
+    failed = False
     try:
         while True:
-            await wait_for_end(events, watch, expires_at=expires_at, now=utcnow, gone=reader)
+            await wait_for_end(events, watch, expires_at=expires_at, now=utcnow, gone=reader, poll=failed)
             if reader.done():  # the client went away
                 return
             # By the session's id: the session may get a new secret (a
             # password change in this browser) and is still the same one.
-            until = await store.open_until(auth_session.id)
+            try:
+                until = await store.open_until(auth_session.id)
+            except Exception as error:
+                if not is_unavailable(error):
+                    raise
+                # The database is out of reach for now: the socket stays open
+                # and asks again after the poll interval.
+                if not failed:
+                    log.warning("/ws/session: database unavailable (%s); re-reading later", type(error).__name__)
+                failed = True
+                continue
+            failed = False
             if until is None:
                 await websocket.send_json({"event": "revoked"})
                 await websocket.close(POLICY_VIOLATION, "session revoked")

@@ -337,12 +337,14 @@ async def wait_for_end(
     expires_at: datetime,
     now: Callable[[], datetime],
     gone: asyncio.Future,
+    poll: bool = False,
 ) -> None:
     """Wait until ``watch``'s socket should re-read its session: an event, its expiry, or (polling) the interval.
 
+    ``poll``: wait the interval even while events arrive (the last read failed).
     Returns early, without waiting more, once ``gone`` (the client went away) is done.
     """
-    if events.live:
+    if events.live and not poll:
         timeout = max((expires_at - now()).total_seconds(), 0.0) + 0.05
     else:
         timeout = events.settings.WS_POLL_INTERVAL

@@ -267,3 +267,26 @@ async def test_with_redis_the_cli_run_elsewhere_reaches_a_socket(make_app, datab
             result = await asyncio.to_thread(cli.test_cli_runner().invoke, args=["users", "deactivate", "alice"])
             assert result.exit_code == 0, result.output
             assert await next_event(ws) == {"event": "revoked"}
+
+
+@pytest.mark.sqlite_only("the SQLite file moved from under the server")
+async def test_a_socket_outlives_a_database_outage_and_still_hears_of_the_end(make_app, database, caplog):
+    """Its re-reads fail while the file is away (logged once), the socket stays open; back, a logout reaches it."""
+    app = make_app(WS_POLL_INTERVAL=0.1)
+    async with app.test_app():
+        client = app.test_client()
+        await register_api(client, "alice")
+        cookie = auth_cookie(client)
+        aside = database.path.with_name("aside.db")
+        async with Socket(app, cookie) as ws:
+            assert (await next_event(ws))["event"] == "hello"
+            with caplog.at_level(logging.WARNING, logger="quart_app.live"):
+                database.path.rename(aside)
+                await until(lambda: "database unavailable" in caplog.text)
+                await asyncio.sleep(0.5)  # several failed re-reads
+                assert ws.from_app.empty()  # nothing said, not closed
+                aside.rename(database.path)
+            await logout(app, cookie)
+            assert await next_event(ws) == {"event": "revoked"}
+            assert await closed_with(ws) == POLICY_VIOLATION
+        assert caplog.text.count("database unavailable") == 1
