@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from quart import Quart, request
+from quart import Quart, has_request_context, request
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 
 def wants_json() -> bool:
-    """True for API calls and for clients that prefer JSON over HTML (Flask-Login's AJAX case)."""
+    """True for API calls, WebSocket handshakes, and clients that prefer JSON over HTML (Flask-Login's AJAX case)."""
+    if not has_request_context():  # a WebSocket: a refused handshake's body is JSON, never a page
+        return True
     # The path, not the blueprint: a 404 or 405 under /api/ has no blueprint.
     if request.path == "/api" or request.path.startswith("/api/"):
         return True

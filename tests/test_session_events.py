@@ -290,3 +290,16 @@ async def test_a_socket_outlives_a_database_outage_and_still_hears_of_the_end(ma
             assert await next_event(ws) == {"event": "revoked"}
             assert await closed_with(ws) == POLICY_VIOLATION
         assert caplog.text.count("database unavailable") == 1
+
+
+@pytest.mark.sqlite_only("the SQLite file moved from under the server")
+async def test_a_handshake_while_the_database_is_away_is_refused_with_503(make_app, database):
+    app = make_app()
+    async with app.test_app():
+        client = app.test_client()
+        await register_api(client, "alice")
+        database.path.rename(database.path.with_name("aside.db"))
+        async with Socket(app, auth_cookie(client)) as ws:
+            message = await ws.message()
+        assert message["type"] == "websocket.http.response.start", message
+        assert message["status"] == 503
