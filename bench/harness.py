@@ -16,6 +16,10 @@ Servers (all on 127.0.0.1, ports chosen free from BENCH_PORT_BASE):
   fastapi_users  uvicorn --workers 2 --backlog 2048 app:app              (bench/peers/fastapi_users: the
                  FastAPI-Users peer, cookie transport + database strategy, SQLite via aiosqlite);
                  protected, login (its form-encoded login, in the JSON-login row) and storm
+  port_uvicorn   the port's app and SQLite database under uvicorn --workers 2 --loop uvloop --http httptools
+  port_granian   ... and under granian --interface asgi --workers 2 --loop uvloop (both from BENCH_PORT_SERVERS_DIR,
+                 a pip --target folder bench/run fills; the port's venv and defaults are untouched);
+                 protected scenarios only
 and for the floor: bare_asgi / bare_quart on the same hypercorn.toml, bare Flask on both gunicorns.
 
 If BENCH_PG_URL is empty (bench/run sets BENCH_PG_MISSING to why) or the port
@@ -54,6 +58,9 @@ PORT_VENV = Path(os.environ.get("BENCH_PORT_VENV", PORT_DIR / ".venv"))
 FLASK_VENV = Path(os.environ.get("BENCH_FLASK_VENV", BENCH / ".venv-flask"))
 FASTAPI_USERS_VENV = Path(os.environ.get("BENCH_FASTAPI_USERS_VENV", BENCH / ".venv-fastapi-users"))
 PEERS_DIR = BENCH / "peers"
+# uvicorn and granian for the port (pip install --target, run with the port's interpreter): extra servers.
+PORT_SERVERS_DIR = Path(os.environ.get("BENCH_PORT_SERVERS_DIR", BENCH / ".port-servers"))
+PORT_SERVERS_MISSING = os.environ.get("BENCH_PORT_SERVERS_MISSING", "")
 OUT = Path(os.environ.get("BENCH_OUT", BENCH / "results"))
 RAW = OUT / "raw"
 WORK = Path(os.environ.get("BENCH_WORK") or "/tmp")  # databases and pool files
@@ -79,6 +86,8 @@ PG_URL = os.environ.get("BENCH_PG_URL", "")
 PG_FLASK_URL = os.environ.get("BENCH_PG_FLASK_URL", "")  # the Flask reference's database in the same cluster
 PEERS_MISSING = os.environ.get("BENCH_PEERS_MISSING", "")
 QUICK = os.environ.get("BENCH_QUICK", "0") == "1"
+# The floor scenario (bare "hello" apps); BENCH_QUICK leaves it out unless BENCH_FLOOR=1.
+FLOOR = os.environ.get("BENCH_FLOOR", "0" if QUICK else "1") == "1"
 PG_MISSING = os.environ.get("BENCH_PG_MISSING", "")
 PG_PID = int(os.environ.get("BENCH_PG_PID") or 0)  # the postmaster: its CPU and its children's count as the DB's
 PG_SETTINGS = os.environ.get("BENCH_PG_SETTINGS", "")  # "name=value name=value ..." as the server reports them
@@ -87,8 +96,20 @@ PG_FS = os.environ.get("BENCH_PG_FS", "")  # the cluster's filesystem type
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
-SERVERS = ["port", "port_pg", "flask_sync", "flask_gthread", "flask_sync_pg", "flask_gthread_pg", "fastapi_users"]
-PORT_SERVERS = {"port", "port_pg"}  # the port's app (registration, CSRF, JSON login status)
+SERVERS = [
+    "port",
+    "port_pg",
+    "flask_sync",
+    "flask_gthread",
+    "flask_sync_pg",
+    "flask_gthread_pg",
+    "fastapi_users",
+    "port_uvicorn",
+    "port_granian",
+]
+# The port's app under other ASGI servers (the port's SQLite database and users): protected only.
+PORT_ALT_SERVERS = {"port_uvicorn", "port_granian"}
+PORT_SERVERS = {"port", "port_pg", *PORT_ALT_SERVERS}  # the port's app (registration, CSRF, JSON login status)
 FLASK_PG_SERVERS = {"flask_sync_pg", "flask_gthread_pg"}
 # The PostgreSQL servers are measured in these only (no storm, no floor).
 PG_SCENARIOS = {"protected_64", "protected_512", "login_form", "login_json"}
@@ -100,6 +121,8 @@ SERVER_SCENARIOS = {
     "flask_sync_pg": PG_SCENARIOS,
     "flask_gthread_pg": PG_SCENARIOS,
     "fastapi_users": PEER_SCENARIOS,
+    "port_uvicorn": {"protected_64", "protected_512"},
+    "port_granian": {"protected_64", "protected_512"},
 }
 LABELS = {
     "port": "Quart port (hypercorn, 2 workers, uvloop), SQLite",
@@ -109,6 +132,8 @@ LABELS = {
     "flask_sync_pg": "Flask ref (gunicorn, 2 sync workers), PostgreSQL (psycopg 3)",
     "flask_gthread_pg": "Flask ref (gunicorn, 2 gthread workers x 8 threads), PostgreSQL (psycopg 3)",
     "fastapi_users": "FastAPI-Users (uvicorn, 2 workers, uvloop), SQLite (aiosqlite), database strategy",
+    "port_uvicorn": "Quart port under uvicorn (2 workers, uvloop, httptools), SQLite",
+    "port_granian": "Quart port under granian (2 workers, uvloop), SQLite",
     "bare_asgi": "bare ASGI hello (hypercorn.toml)",
     "bare_quart": "bare Quart hello (hypercorn.toml)",
     "bare_flask_sync": "bare Flask hello (gunicorn, 2 sync)",
@@ -406,6 +431,32 @@ def uvicorn_cmd(port: int, app: str = "app:app") -> list[str]:
         "--port",
         str(port),
         app,
+    ]
+
+
+def port_alt_cmd(name: str, port: int) -> list[str]:
+    """The port's app (``create_app`` as a factory) under uvicorn or granian, with the port's interpreter."""
+    py = str(PORT_VENV / "bin" / "python")
+    if name == "port_uvicorn":
+        return [py, "-m", "uvicorn", *uvicorn_cmd(port, "quart_app:create_app")[1:], "--factory"]
+    return [
+        py,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--workers",
+        "2",
+        "--loop",
+        "uvloop",
+        "--backlog",
+        str(BACKLOG),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--factory",
+        "quart_app:create_app",
     ]
 
 
@@ -880,6 +931,15 @@ def versions(python: Path, packages: list[str]) -> dict:
     return json.loads(res.stdout) if res.returncode == 0 else {"error": res.stderr[-500:]}
 
 
+def port_servers_versions() -> dict:
+    """uvicorn / granian / httptools in PORT_SERVERS_DIR (from their dist-info folder names)."""
+    out = {}
+    for dist in sorted(PORT_SERVERS_DIR.glob("*.dist-info")) if PORT_SERVERS_DIR.is_dir() else []:
+        name, _, version = dist.name[: -len(".dist-info")].partition("-")
+        out[name.lower()] = version
+    return out
+
+
 def machine_info() -> dict:
     model = ""
     with open("/proc/cpuinfo") as fh:
@@ -1135,6 +1195,7 @@ def main() -> int:
             )
             if (FASTAPI_USERS_VENV / "bin" / "python").exists()
             else {},
+            "port_servers_dir": port_servers_versions(),
         },
         "config": {
             "duration_s": DURATION,
@@ -1165,7 +1226,12 @@ def main() -> int:
             "fastapi_users_login": f"form-encoded POST {PEER_LOGIN_PATH} (username = the email, password; "
             "answers 204 + cookie; no CSRF), run in the login_json row and the storm",
             "server_scenarios": {k: sorted(v) for k, v in SERVER_SCENARIOS.items()},
+            "port_uvicorn_cmd": "python -m uvicorn --workers 2 --loop uvloop --http httptools --backlog "
+            f"{BACKLOG} --no-access-log --host 127.0.0.1 --port PORT quart_app:create_app --factory",
+            "port_granian_cmd": f"python -m granian --interface asgi --workers 2 --loop uvloop --backlog {BACKLOG} "
+            "--host 127.0.0.1 --port PORT --factory quart_app:create_app",
             "quick": QUICK,
+            "floor": FLOOR,
             "port_form_login": "real form POST /login with a csrf_token + quart_app_session pair per user "
             "(fetched from GET /login up front, reused)",
             "flask_form_login": "form POST /login (the seed has no CSRF)",
@@ -1302,6 +1368,17 @@ def main() -> int:
         else:
             pg_missing(meta, PG_MISSING or "BENCH_PG_URL is not set (run the benchmark with bench/run)")
 
+        # The port under uvicorn and granian: the same app, environment and database as "port".
+        alt_ok = {}
+        for name, module in (("port_uvicorn", "uvicorn"), ("port_granian", "granian")):
+            if PORT_SERVERS_MISSING:
+                optional_missing(meta, name, PORT_SERVERS_MISSING)
+            elif not (PORT_SERVERS_DIR / module).is_dir():
+                optional_missing(meta, name, f"{module} is not in {PORT_SERVERS_DIR} (run the bench with bench/run)")
+            else:
+                alt_ok[name] = True
+        alt_env = {**port_env, "PYTHONPATH": f"{PORT_SERVERS_DIR}{os.pathsep}{PORT_DIR}"}
+
         port = PORT_BASE
         srvs: dict[str, Server] = {}
         for name in SERVERS:
@@ -1309,6 +1386,7 @@ def main() -> int:
                 (name == "port_pg" and pg_env is None)
                 or (name in FLASK_PG_SERVERS and flask_pg_env is None)
                 or (name == "fastapi_users" and peer_env is None)
+                or (name in PORT_ALT_SERVERS and name not in alt_ok)
             ):
                 continue
             port = free_port(port)
@@ -1319,6 +1397,8 @@ def main() -> int:
                 srvs[name] = Server(name, cmd, PORT_DIR, pg_env, port, db_pid=PG_PID)
             elif name == "fastapi_users":
                 srvs[name] = Server(name, uvicorn_cmd(port), PEERS_DIR / "fastapi_users", peer_env, port)
+            elif name in PORT_ALT_SERVERS:
+                srvs[name] = Server(name, port_alt_cmd(name, port), PORT_DIR, alt_env, port)
             else:
                 on_pg = name in FLASK_PG_SERVERS
                 extra = ["-k", "gthread", "--threads", "8"] if name.startswith("flask_gthread") else []
@@ -1335,7 +1415,7 @@ def main() -> int:
         for srv in servers:
             srv.start()
 
-        optional = {"port_pg", "fastapi_users", *FLASK_PG_SERVERS}
+        optional = {"port_pg", "fastapi_users", *FLASK_PG_SERVERS, *PORT_ALT_SERVERS}
 
         def drop(name: str, reason: str) -> None:
             srvs.pop(name).stop()
@@ -1367,7 +1447,8 @@ def main() -> int:
                     register_users(srv, "flask")  # flask_bench, shared by both Flask servers on PostgreSQL
                     registered_flask_pg = True
                 cookies[name] = cookie_header(browser_login(srv, kind_of(name)))
-                pools[name] = write_pools(srv, kind_of(name))
+                if name not in PORT_ALT_SERVERS:  # protected only: no login pools
+                    pools[name] = write_pools(srv, kind_of(name))
             except (RuntimeError, OSError) as exc:
                 if name not in optional:
                     raise
@@ -1385,6 +1466,8 @@ def main() -> int:
 
         # ---- floor ---------------------------------------------------------------
         floor_dir = BENCH / "floor"
+        if not FLOOR:
+            log("floor left out (BENCH_FLOOR=0; BENCH_QUICK's default)")
         floor_specs = [
             ("bare_asgi", lambda p: hypercorn_cmd(p, "bare_asgi:app"), {**os.environ, "PYTHONPATH": str(floor_dir)}),
             ("bare_quart", lambda p: hypercorn_cmd(p, "bare_quart:app"), {**os.environ, "PYTHONPATH": str(floor_dir)}),
@@ -1397,7 +1480,7 @@ def main() -> int:
         ]
         floor_servers = {}
         port = PORT_BASE + 10
-        for name, cmd, env in floor_specs:
+        for name, cmd, env in floor_specs if FLOOR else []:
             port = free_port(port)
             floor_servers[name] = Server(name, cmd(port), floor_dir, env, port)
             port += 1
@@ -1416,7 +1499,8 @@ def main() -> int:
                 return run_wrk(f"{srv.url}/", "cookie_get.lua", ["", "200"], 64, duration, tag)
 
             floor_cases.append(Case("floor_64", srv, run, warm=True))
-        run_cases(floor_cases, results, "floor")
+        if floor_cases:
+            run_cases(floor_cases, results, "floor")
         for srv in servers:
             srv.stop()
         servers = []

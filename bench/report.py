@@ -12,7 +12,18 @@ import json
 import sys
 from pathlib import Path
 
-SERVERS = ["port", "port_pg", "flask_sync", "flask_gthread", "flask_sync_pg", "flask_gthread_pg", "fastapi_users"]
+SERVERS = [
+    "port",
+    "port_pg",
+    "flask_sync",
+    "flask_gthread",
+    "flask_sync_pg",
+    "flask_gthread_pg",
+    "fastapi_users",
+    "port_uvicorn",
+    "port_granian",
+]
+PORT_ALT = ["port_uvicorn", "port_granian"]
 FLASK_PG = ["flask_sync_pg", "flask_gthread_pg"]
 SHORT = {
     "port": "Quart port (SQLite)",
@@ -22,6 +33,8 @@ SHORT = {
     "flask_sync_pg": "Flask sync (PostgreSQL)",
     "flask_gthread_pg": "Flask gthread (PostgreSQL)",
     "fastapi_users": "FastAPI-Users",
+    "port_uvicorn": "Quart port under uvicorn",
+    "port_granian": "Quart port under granian",
     "bare_asgi": "bare ASGI",
     "bare_quart": "bare Quart",
     "bare_flask_sync": "bare Flask sync",
@@ -35,6 +48,8 @@ COLORS = {
     "flask_sync_pg": "#8c564b",
     "flask_gthread_pg": "#e377c2",
     "fastapi_users": "#9467bd",
+    "port_uvicorn": "#17becf",
+    "port_granian": "#bcbd22",
 }
 SCENARIOS = [
     ("protected_64", "protected: GET /dashboard, 64 conns", "req/s"),
@@ -298,7 +313,7 @@ def targets(doc: dict) -> list[str]:
             continue
         r = _median(ratios)
         out.append(
-            f"| protected, {conns} conns: {SHORT['port']} ahead of {SHORT['fastapi_users']}'s req/s | {r:.2f}× "
+            f"| protected, {conns} conns: {SHORT['port']} ahead of {SHORT['fastapi_users']}' req/s | {r:.2f}× "
             f"(per repetition {listed(ratios)}; medians {fmt(med(scenario, 'port'))} vs "
             f"{fmt(med(scenario, 'fastapi_users'))}) | {yes(r > 1)} |"
         )
@@ -306,7 +321,7 @@ def targets(doc: dict) -> list[str]:
     if storm_p99:
         r = _median(storm_p99)
         out.append(
-            f"| storm: {SHORT['port']}'s dashboard p99 below {SHORT['fastapi_users']}'s | {r:.2f}× "
+            f"| storm: {SHORT['port']}'s dashboard p99 below {SHORT['fastapi_users']}' | {r:.2f}× "
             f"(per repetition {listed(storm_p99)}; medians {fmt(med('storm', 'port', 'p99_ms'))} vs "
             f"{fmt(med('storm', 'fastapi_users', 'p99_ms'))} ms) | {yes(r < 1)} |"
         )
@@ -326,7 +341,7 @@ def targets(doc: dict) -> list[str]:
         )
     for name, cells in per_server.items():
         out.append(
-            f"| {SHORT[name]}'s logins as a share of its own hash ceiling (see the hash ceiling section) "
+            f"| {SHORT[name]}{chr(39) if SHORT[name].endswith('s') else chr(39) + 's'} logins as a share of its own hash ceiling (see the hash ceiling section) "
             f"| {'; '.join(cells)} | – |"
         )
     if shares and port_share is not None:
@@ -475,6 +490,39 @@ def markdown(doc: dict) -> str:
     w("")
     w(f"† {PEER_LOGIN_NOTE}.")
     w("")
+    alt = [n for n in PORT_ALT if n in res.get("protected_64", {}) or n in res.get("protected_512", {})]
+    if alt:
+        w("## The port under other ASGI servers")
+        w("")
+        w(
+            "The same app, environment and SQLite database as the port, with the port's interpreter; only the "
+            f"server differs (hypercorn.toml stays the port's default): `{cfg.get('port_uvicorn_cmd')}`, "
+            f"`{cfg.get('port_granian_cmd')}` "
+            f"({', '.join(f'{k} {v}' for k, v in (meta['versions'].get('port_servers_dir') or {}).items())}). "
+            "Median req/s (p99 ms), and the rate as a share of hypercorn's, repetition by repetition."
+        )
+        w("")
+        w("| scenario | " + " | ".join(["Quart port (hypercorn)", *(SHORT[n] for n in alt)]) + " |")
+        w("| --- | ---: |" + " ---: |" * len(alt))
+        for key in ("protected_64", "protected_512"):
+            per = res.get(key, {})
+            title = next(t for k, t, _ in SCENARIOS if k == key)
+            cells = []
+            for n in ["port", *alt]:
+                e = per.get(n)
+                if not e:
+                    cells.append("–")
+                    continue
+                c = f"{fmt(e['median']['rps'])} ({fmt(e['median']['p99_ms'])})"
+                if n != "port" and per.get("port"):
+                    ratios = [
+                        x["rps"] / y["rps"] for x, y in zip(e["runs"], per["port"]["runs"], strict=False) if y["rps"]
+                    ]
+                    if ratios:
+                        c += f", {100 * _median(ratios):.0f}%"
+                cells.append(c)
+            w(f"| {title} | " + " | ".join(cells) + " |")
+        w("")
     w("## Results")
     w("")
     w("| scenario | server | rate /s | p50 ms | p99 ms | errors | server CPU | wrk CPU |")
