@@ -72,6 +72,8 @@ USERS = int(os.environ.get("BENCH_USERS", "64"))
 PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "18300"))
 PAUSE = float(os.environ.get("BENCH_PAUSE", "0.5"))
 IDLE_WAIT = float(os.environ.get("BENCH_IDLE_WAIT", "20"))
+# At most this long, before each measurement, for the server to stop using CPU (queued logins drained).
+QUIESCE_WAIT = float(os.environ.get("BENCH_QUIESCE_WAIT", "10"))
 HASH_SECONDS = float(os.environ.get("BENCH_HASH_SECONDS", "2"))
 WRK_TIMEOUT = int(os.environ.get("BENCH_WRK_TIMEOUT", "10"))
 # A measurement during which other processes (not the server, not wrk) used more than
@@ -349,8 +351,9 @@ class Server:
     def total_cpu(self) -> float:
         return self.cpu() + self.db_cpu()
 
-    def quiesce(self, max_wait: float = 10.0) -> None:
+    def quiesce(self, max_wait: float | None = None) -> None:
         """Wait (bounded) until the server's processes stop using CPU (backlogs drained)."""
+        max_wait = QUIESCE_WAIT if max_wait is None else max_wait
         deadline = time.monotonic() + max_wait
         while time.monotonic() < deadline:
             c0 = self.total_cpu()
@@ -1238,6 +1241,7 @@ def main() -> int:
             "dashboard_cookies": "the cookie jar of a browser after a form login and one dashboard visit",
             "hash_seconds": HASH_SECONDS,
             "idle_wait_s": IDLE_WAIT,
+            "quiesce_wait_s": QUIESCE_WAIT,
             "noise_limit_pct": NOISE_LIMIT,
             "noise_retries": NOISE_RETRIES,
         },

@@ -714,6 +714,13 @@ def markdown(doc: dict) -> str:
                     f"during {len(noisy)} of {len(e['runs'])} runs; {verdict}"
                 )
             retaken += sum(r.get("noise_retries", 0) for r in e["runs"])
+            empty = sum(1 for r in e["runs"] if not r["requests"])
+            if empty:
+                notes.append(
+                    f"{key} / {SHORT.get(name, name)}: {empty} of {len(e['runs'])} run(s) saw no response complete "
+                    f"within its {cfg['duration_s']} s (its requests queued for longer than the measurement): "
+                    "the 0/s there is no rate"
+                )
     if retaken:
         notes.append(
             f"{retaken} measurement(s) were taken again because other processes used more than {limit:.0f}% of a core "
