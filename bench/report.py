@@ -778,7 +778,13 @@ def chart(doc: dict, path: Path) -> None:
         names = [n for n in SERVERS if n in per or (n == "port_pg" and key in PG_SCENARIOS)]
         bars(
             ax,
-            [(SHORT[n], per[n]["median"]["rps"] if n in per else None) for n in names],
+            [
+                (
+                    SHORT[n] + (" (its form login)" if n == "fastapi_users" and key == "login_json" else ""),
+                    per[n]["median"]["rps"] if n in per else None,
+                )
+                for n in names
+            ],
             title,
             unit,
             [COLORS[n] for n in names],
@@ -879,7 +885,7 @@ def chart(doc: dict, path: Path) -> None:
     pg = pg_meta(meta)
     pg_txt = "" if pg.get("status") == "ok" else " — PostgreSQL variant missing"
     fig.suptitle(
-        f"Quart port (SQLite, PostgreSQL) vs sync Flask reference — {meta['date']} — {m['nproc']} × {m['cpu_model']} — "
+        f"Quart port (SQLite, PostgreSQL) vs sync Flask reference and peers — {meta['date']} — {m['nproc']} × {m['cpu_model']} — "
         f"median of {meta['config']['repeat']} × {meta['config']['duration_s']} s, wrk -t1{pg_txt}",
         fontsize=11,
     )
