@@ -164,7 +164,8 @@ def peer_login_shares(doc: dict) -> list[tuple[str, str, float | None, float | N
                 continue
             samples = paired.get(name, {}).get(scenario, [])
             if samples:
-                ratios = [r["rps"] / c["verifies_per_s"] for r, c in zip(runs, samples, strict=False) if c["verifies_per_s"]]
+                pairs = zip(runs, samples, strict=False)
+                ratios = [r["rps"] / c["verifies_per_s"] for r, c in pairs if c["verifies_per_s"]]
                 ceiling = _median([c["verifies_per_s"] for c in samples])
                 how = "its verify on 2 threads, sampled right after each of its login runs"
             else:
@@ -336,12 +337,11 @@ def targets(doc: dict) -> list[str]:
         if share > 0.9:
             over.append(f"{SHORT[name]} ({scenario.replace('login_', '')})")
         login = "cookie login" if name == "fastapi_users" else scenario.replace("login_", "")
-        per_server.setdefault(name, []).append(
-            f"{login} {100 * share:.0f}% ({fmt(logins)}/s of {fmt(ceiling)}/s)"
-        )
+        per_server.setdefault(name, []).append(f"{login} {100 * share:.0f}% ({fmt(logins)}/s of {fmt(ceiling)}/s)")
     for name, cells in per_server.items():
+        whose = SHORT[name] + ("'" if SHORT[name].endswith("s") else "'s")
         out.append(
-            f"| {SHORT[name]}{chr(39) if SHORT[name].endswith('s') else chr(39) + 's'} logins as a share of its own hash ceiling (see the hash ceiling section) "
+            f"| {whose} logins as a share of its own hash ceiling (see the hash ceiling section) "
             f"| {'; '.join(cells)} | – |"
         )
     if shares and port_share is not None:
@@ -885,7 +885,8 @@ def chart(doc: dict, path: Path) -> None:
     pg = pg_meta(meta)
     pg_txt = "" if pg.get("status") == "ok" else " — PostgreSQL variant missing"
     fig.suptitle(
-        f"Quart port (SQLite, PostgreSQL) vs sync Flask reference and peers — {meta['date']} — {m['nproc']} × {m['cpu_model']} — "
+        f"Quart port (SQLite, PostgreSQL) vs sync Flask reference and peers — {meta['date']} — "
+        f"{m['nproc']} × {m['cpu_model']} — "
         f"median of {meta['config']['repeat']} × {meta['config']['duration_s']} s, wrk -t1{pg_txt}",
         fontsize=11,
     )

@@ -31,6 +31,9 @@ not look at cookie flags anyway).
 Serve: ``uvicorn --workers 2 --host 127.0.0.1 --port 8002 app:app`` (from this folder).
 """
 
+# FastAPI's dependency injection is Depends(...) in argument defaults, as its docs write it.
+# ruff: noqa: B008
+
 from __future__ import annotations
 
 import asyncio
