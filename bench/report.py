@@ -290,7 +290,7 @@ def targets(doc: dict) -> list[str]:
         shape = p512["median"]["p99_ms"] / mean
         for ref in ("flask_sync", "flask_gthread"):
             other = res.get("protected_512", {}).get(ref)
-            if not other:
+            if not other or not shape or not other["median"]["p99_ms"] or not other["median"]["rps"]:
                 continue
             needed = 512 / (0.5 * other["median"]["p99_ms"] / shape / 1000)
             note = (
@@ -303,7 +303,7 @@ def targets(doc: dict) -> list[str]:
                 note += f' and {100 * needed / bare["median"]["rps"]:.0f}% of bare Quart\'s "hello" (64 conns)'
             cpu_notes.append(note + ".")
     idle, storm = res.get("protected_64", {}).get("port"), res.get("storm", {}).get("port")
-    if idle and storm:
+    if idle and storm and idle["median"]["rps"]:
         p99, kept = storm["median"]["p99_ms"], storm["median"]["rps"] / idle["median"]["rps"]
         out.append(f"| storm: dashboard p99 ≤ 100 ms | {fmt(p99)} ms | {yes(p99 <= 100)} |")
         out.append(f"| storm: dashboard keeps ≥ ¼ of its idle req/s | {100 * kept:.0f}% | {yes(kept >= 0.25)} |")
