@@ -159,10 +159,12 @@ def peer_login_shares(doc: dict) -> list[tuple[str, str, float | None, float | N
     out = []
     for name, algo in OWN_HASH.items():
         for scenario in ("login_json", "login_form"):
-            runs = res.get(scenario, {}).get(name, {}).get("runs", [])
+            every = res.get(scenario, {}).get(name, {}).get("runs", [])
+            # Runs that completed no login (queued past a short measurement) have no rate.
+            runs = [r for r in every if r["requests"]]
             if not runs:
                 continue
-            samples = paired.get(name, {}).get(scenario, [])
+            samples = [c for r, c in zip(every, paired.get(name, {}).get(scenario, []), strict=False) if r["requests"]]
             if samples:
                 pairs = zip(runs, samples, strict=False)
                 ratios = [r["rps"] / c["verifies_per_s"] for r, c in pairs if c["verifies_per_s"]]
@@ -199,7 +201,8 @@ def targets(doc: dict) -> list[str]:
         # other, while the machine's speed drifts over the whole run.
         ra = res.get(scenario, {}).get(a, {}).get("runs", [])
         rb = res.get(scenario, {}).get(b, {}).get("runs", [])
-        return [x[key] / y[key] for x, y in zip(ra, rb, strict=False) if y[key]]
+        # A run that completed no request has no rate (nor latency): it is left out.
+        return [x[key] / y[key] for x, y in zip(ra, rb, strict=False) if y[key] and x["requests"] and y["requests"]]
 
     def listed(ratios):
         return ", ".join(f"{x:.2f}" for x in ratios)
@@ -471,6 +474,8 @@ def markdown(doc: dict) -> str:
 
         def cell(name, per=per, key=key):
             e = per.get(name)
+            if e and not any(r["requests"] for r in e["runs"]):
+                return "none completed"
             if not e:
                 scenarios = PEER_SCENARIOS if name == "fastapi_users" else PG_SCENARIOS
                 if (name == "port_pg" or name in missing) and key in scenarios:
