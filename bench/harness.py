@@ -866,8 +866,13 @@ def run_cases(cases: list[Case], results: dict, phase: str, paired: dict | None 
                 )
                 if paired is not None and scenario in PAIRED_CEILING_SCENARIOS and srv.name == "port":
                     paired_ceiling(scenario, rep, paired)
-                if paired is not None and scenario in PEER_PAIRED_SCENARIOS and srv.name in PEER_HASHERS:
-                    paired_ceiling(scenario, rep, paired.setdefault("peers", {}).setdefault(srv.name, {}), srv.name)
+                algo = PEER_OWN_HASH.get(srv.name)
+                if paired is not None and scenario in PEER_PAIRED_SCENARIOS and algo:
+                    # One sample of the peer's own hash per repetition and scenario (the Flask servers
+                    # share Werkzeug's), right after the first of its servers' login runs.
+                    samples = paired.setdefault("peers", {}).setdefault(algo, {})
+                    if not any(c["rep"] == rep + 1 for c in samples.get(scenario, [])):
+                        paired_ceiling(scenario, rep, samples, algo)
 
 
 def summarize(results: dict) -> None:
@@ -993,7 +998,7 @@ def _children_cpu() -> float:
 # the end of the run is no fair yardstick for logins measured long before.
 PAIRED_CEILING_SCENARIOS = ("login_form", "login_json")
 # The same for the peers with a hasher of their own (bench/peers/hash_ceiling.py), in their login row.
-PEER_PAIRED_SCENARIOS = ("login_json",)
+PEER_PAIRED_SCENARIOS = ("login_form", "login_json")
 
 
 def hasher_cmd(algo: str) -> tuple[list[str], Path, dict[str, str]]:
@@ -1009,6 +1014,14 @@ def hasher_cmd(algo: str) -> tuple[list[str], Path, dict[str, str]]:
 
 # Peer server name -> the venv whose python runs bench/peers/hash_ceiling.py --algo <name>.
 PEER_HASHERS = {"fastapi_users": FASTAPI_USERS_VENV}
+# Server -> its own password hash (sampled beside its logins, see run_cases).
+PEER_OWN_HASH = {
+    "flask_sync": "werkzeug",
+    "flask_gthread": "werkzeug",
+    "flask_sync_pg": "werkzeug",
+    "flask_gthread_pg": "werkzeug",
+    "fastapi_users": "fastapi_users",
+}
 
 
 def paired_ceiling(scenario: str, rep: int, paired: dict, algo: str = "port") -> None:
@@ -1529,7 +1542,8 @@ def main() -> int:
         "scenarios": results,
         "hash_ceiling": hashes,
         "hash_ceiling_paired": paired,
-        # Peer -> scenario -> its own hasher's ceiling (2 threads), sampled right after its login run.
+        # Hash ("werkzeug", "fastapi_users") -> scenario -> its ceiling (2 threads) per repetition, sampled
+        # right after the first login run of a server using it in that repetition.
         "hash_ceiling_paired_peers": paired_peers,
     }
     OUT.mkdir(parents=True, exist_ok=True)
