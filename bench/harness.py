@@ -10,11 +10,24 @@ Servers (all on 127.0.0.1, ports chosen free from BENCH_PORT_BASE):
                  measured in the protected and login scenarios only
   flask_sync     gunicorn -w 2 --backlog 2048 app:app                    (bench/flask_ref)
   flask_gthread  gunicorn -w 2 -k gthread --threads 8 --backlog 2048 app:app
+  flask_sync_pg, flask_gthread_pg
+                 the same two, on PostgreSQL (BENCH_PG_FLASK_URL: the database flask_bench in the
+                 same private cluster, psycopg 3); protected and login scenarios only
+  fastapi_users  uvicorn --workers 2 --backlog 2048 app:app              (bench/peers/fastapi_users: the
+                 FastAPI-Users peer, cookie transport + database strategy, SQLite via aiosqlite);
+                 protected, login (its form-encoded login, in the JSON-login row) and storm
+  port_uvicorn   the port's app and SQLite database under uvicorn --workers 2 --loop uvloop --http httptools
+  port_granian   ... and under granian --interface asgi --workers 2 --loop uvloop (both from BENCH_PORT_SERVERS_DIR,
+                 a pip --target folder bench/run fills; the port's venv and defaults are untouched);
+                 protected scenarios only
 and for the floor: bare_asgi / bare_quart on the same hypercorn.toml, bare Flask on both gunicorns.
 
 If BENCH_PG_URL is empty (bench/run sets BENCH_PG_MISSING to why) or the port
 cannot be set up on it, port_pg is left out, said so in the log and marked
-missing in latest.json; everything else runs as usual.
+missing in latest.json; everything else runs as usual. The same goes for
+Flask on PostgreSQL (BENCH_PG_FLASK_URL) and the FastAPI-Users peer
+(BENCH_PEERS_MISSING, or its venv missing): each optional server that cannot
+be set up is left out and marked missing (``meta.missing``).
 
 Every child is started in its own process group, its pid written to
 ``<raw>/pids``, and stopped (SIGTERM, then SIGKILL) in a ``finally``.
@@ -43,6 +56,11 @@ BENCH = Path(os.environ.get("BENCH_ROOT", Path(__file__).resolve().parent))
 PORT_DIR = Path(os.environ.get("BENCH_PORT_DIR", BENCH.parent)).resolve()
 PORT_VENV = Path(os.environ.get("BENCH_PORT_VENV", PORT_DIR / ".venv"))
 FLASK_VENV = Path(os.environ.get("BENCH_FLASK_VENV", BENCH / ".venv-flask"))
+FASTAPI_USERS_VENV = Path(os.environ.get("BENCH_FASTAPI_USERS_VENV", BENCH / ".venv-fastapi-users"))
+PEERS_DIR = BENCH / "peers"
+# uvicorn and granian for the port (pip install --target, run with the port's interpreter): extra servers.
+PORT_SERVERS_DIR = Path(os.environ.get("BENCH_PORT_SERVERS_DIR", BENCH / ".port-servers"))
+PORT_SERVERS_MISSING = os.environ.get("BENCH_PORT_SERVERS_MISSING", "")
 OUT = Path(os.environ.get("BENCH_OUT", BENCH / "results"))
 RAW = OUT / "raw"
 WORK = Path(os.environ.get("BENCH_WORK") or "/tmp")  # databases and pool files
@@ -54,6 +72,8 @@ USERS = int(os.environ.get("BENCH_USERS", "64"))
 PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "18300"))
 PAUSE = float(os.environ.get("BENCH_PAUSE", "0.5"))
 IDLE_WAIT = float(os.environ.get("BENCH_IDLE_WAIT", "20"))
+# At most this long, before each measurement, for the server to stop using CPU (queued logins drained).
+QUIESCE_WAIT = float(os.environ.get("BENCH_QUIESCE_WAIT", "10"))
 HASH_SECONDS = float(os.environ.get("BENCH_HASH_SECONDS", "2"))
 WRK_TIMEOUT = int(os.environ.get("BENCH_WRK_TIMEOUT", "10"))
 # A measurement during which other processes (not the server, not wrk) used more than
@@ -65,6 +85,11 @@ UA = "bench"  # wrk's scripts send the same User-Agent (Flask-Login's session pr
 LUA = BENCH / "lua"
 # The PostgreSQL variant (bench/run starts the cluster and exports these).
 PG_URL = os.environ.get("BENCH_PG_URL", "")
+PG_FLASK_URL = os.environ.get("BENCH_PG_FLASK_URL", "")  # the Flask reference's database in the same cluster
+PEERS_MISSING = os.environ.get("BENCH_PEERS_MISSING", "")
+QUICK = os.environ.get("BENCH_QUICK", "0") == "1"
+# The floor scenario (bare "hello" apps); BENCH_QUICK leaves it out unless BENCH_FLOOR=1.
+FLOOR = os.environ.get("BENCH_FLOOR", "0" if QUICK else "1") == "1"
 PG_MISSING = os.environ.get("BENCH_PG_MISSING", "")
 PG_PID = int(os.environ.get("BENCH_PG_PID") or 0)  # the postmaster: its CPU and its children's count as the DB's
 PG_SETTINGS = os.environ.get("BENCH_PG_SETTINGS", "")  # "name=value name=value ..." as the server reports them
@@ -73,15 +98,44 @@ PG_FS = os.environ.get("BENCH_PG_FS", "")  # the cluster's filesystem type
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
-SERVERS = ["port", "port_pg", "flask_sync", "flask_gthread"]
-PORT_SERVERS = {"port", "port_pg"}  # the port's app (registration, CSRF, JSON login status)
-# port_pg is measured in these only (no storm, no floor).
+SERVERS = [
+    "port",
+    "port_pg",
+    "flask_sync",
+    "flask_gthread",
+    "flask_sync_pg",
+    "flask_gthread_pg",
+    "fastapi_users",
+    "port_uvicorn",
+    "port_granian",
+]
+# The port's app under other ASGI servers (the port's SQLite database and users): protected only.
+PORT_ALT_SERVERS = {"port_uvicorn", "port_granian"}
+PORT_SERVERS = {"port", "port_pg", *PORT_ALT_SERVERS}  # the port's app (registration, CSRF, JSON login status)
+FLASK_PG_SERVERS = {"flask_sync_pg", "flask_gthread_pg"}
+# The PostgreSQL servers are measured in these only (no storm, no floor).
 PG_SCENARIOS = {"protected_64", "protected_512", "login_form", "login_json"}
+# FastAPI-Users has no form/CSRF flow like the port's: its one login (form-encoded
+# username/password, 204 + cookie) is run in the login_json scenario (and in the storm).
+PEER_SCENARIOS = {"protected_64", "protected_512", "login_json", "storm"}
+SERVER_SCENARIOS = {
+    "port_pg": PG_SCENARIOS,
+    "flask_sync_pg": PG_SCENARIOS,
+    "flask_gthread_pg": PG_SCENARIOS,
+    "fastapi_users": PEER_SCENARIOS,
+    "port_uvicorn": {"protected_64", "protected_512"},
+    "port_granian": {"protected_64", "protected_512"},
+}
 LABELS = {
     "port": "Quart port (hypercorn, 2 workers, uvloop), SQLite",
     "port_pg": "Quart port (hypercorn, 2 workers, uvloop), PostgreSQL (asyncpg)",
     "flask_sync": "Flask ref (gunicorn, 2 sync workers)",
     "flask_gthread": "Flask ref (gunicorn, 2 gthread workers x 8 threads)",
+    "flask_sync_pg": "Flask ref (gunicorn, 2 sync workers), PostgreSQL (psycopg 3)",
+    "flask_gthread_pg": "Flask ref (gunicorn, 2 gthread workers x 8 threads), PostgreSQL (psycopg 3)",
+    "fastapi_users": "FastAPI-Users (uvicorn, 2 workers, uvloop), SQLite (aiosqlite), database strategy",
+    "port_uvicorn": "Quart port under uvicorn (2 workers, uvloop, httptools), SQLite",
+    "port_granian": "Quart port under granian (2 workers, uvloop), SQLite",
     "bare_asgi": "bare ASGI hello (hypercorn.toml)",
     "bare_quart": "bare Quart hello (hypercorn.toml)",
     "bare_flask_sync": "bare Flask hello (gunicorn, 2 sync)",
@@ -297,8 +351,9 @@ class Server:
     def total_cpu(self) -> float:
         return self.cpu() + self.db_cpu()
 
-    def quiesce(self, max_wait: float = 10.0) -> None:
+    def quiesce(self, max_wait: float | None = None) -> None:
         """Wait (bounded) until the server's processes stop using CPU (backlogs drained)."""
+        max_wait = QUIESCE_WAIT if max_wait is None else max_wait
         deadline = time.monotonic() + max_wait
         while time.monotonic() < deadline:
             c0 = self.total_cpu()
@@ -357,6 +412,54 @@ def hypercorn_cmd(port: int, app: str) -> list[str]:
         "--bind",
         f"127.0.0.1:{port}",
         app,
+    ]
+
+
+def uvicorn_cmd(port: int, app: str = "app:app") -> list[str]:
+    """The FastAPI-Users peer: uvicorn with 2 worker processes, uvloop and httptools (uvicorn[standard]),
+    the same backlog as hypercorn.toml, and no access log (hypercorn.toml has none either)."""
+    return [
+        str(FASTAPI_USERS_VENV / "bin" / "uvicorn"),
+        "--workers",
+        "2",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--backlog",
+        str(BACKLOG),
+        "--no-access-log",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        app,
+    ]
+
+
+def port_alt_cmd(name: str, port: int) -> list[str]:
+    """The port's app (``create_app`` as a factory) under uvicorn or granian, with the port's interpreter."""
+    py = str(PORT_VENV / "bin" / "python")
+    if name == "port_uvicorn":
+        return [py, "-m", "uvicorn", *uvicorn_cmd(port, "quart_app:create_app")[1:], "--factory"]
+    return [
+        py,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--workers",
+        "2",
+        "--loop",
+        "uvloop",
+        "--backlog",
+        str(BACKLOG),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--factory",
+        "quart_app:create_app",
     ]
 
 
@@ -425,10 +528,14 @@ def register_users(srv: Server, kind: str) -> None:
         if kind == "port":
             body, hdrs = js(username=name, email=email, password=pw)
             return request(srv.port, "POST", "/api/register", body, hdrs)[0]
+        if kind == "fastapi_users":
+            # Its register router: JSON {email, password}; it has no username.
+            body, hdrs = js(email=email, password=pw)
+            return request(srv.port, "POST", "/auth/register", body, hdrs)[0]
         body, hdrs = form(username=name, email=email, password=pw)
         return request(srv.port, "POST", "/register", body, hdrs)[0]
 
-    want = 201 if kind == "port" else 302
+    want = 201 if kind in ("port", "fastapi_users") else 302
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         statuses = list(pool.map(one, range(USERS)))
     bad = [s for s in statuses if s != want]
@@ -437,6 +544,8 @@ def register_users(srv: Server, kind: str) -> None:
 
 def browser_login(srv: Server, kind: str) -> dict[str, str]:
     """Log bench000 in the way a browser does and return its cookie jar, ready for GET /dashboard."""
+    if kind == "fastapi_users":
+        return peer_login(srv)
     name, _, pw = user(0)
     jar: dict[str, str] = {}
     status, _, html, _ = request(srv.port, "GET", "/login", jar=jar)
@@ -459,10 +568,38 @@ def browser_login(srv: Server, kind: str) -> dict[str, str]:
     return jar
 
 
+def peer_login(srv: Server) -> dict[str, str]:
+    """FastAPI-Users: its cookie login (form-encoded username = the email), then the dashboard twice."""
+    _, email, pw = user(0)
+    jar: dict[str, str] = {}
+    body, hdrs = form(username=email, password=pw)
+    status, _, _, _ = request(srv.port, "POST", PEER_LOGIN_PATH, body, hdrs, jar=jar)
+    check(status == 204 and "fastapiusersauth" in jar, f"{srv.name}: cookie login -> {status} {sorted(jar)}")
+    for again in ("", " (again)"):
+        status, _, html, set_cookies = request(srv.port, "GET", "/dashboard", jar=jar)
+        check(status == 200 and f"Hello {email}" in html, f"{srv.name}: GET /dashboard{again} -> {status}")
+    if set_cookies:
+        log(f"note: {srv.name} sets cookies on every dashboard view: {[c.split('=')[0] for c in set_cookies]}")
+    return jar
+
+
+PEER_LOGIN_PATH = "/auth/cookie/login"
+
+
 def write_pools(srv: Server, kind: str) -> tuple[Path, Path]:
     """Pool files for wrk: username TAB password [TAB csrf_token TAB Cookie]."""
     form_pool = WORK / f"pool-form-{srv.name}.tsv"
     json_pool = WORK / f"pool-json-{srv.name}.tsv"
+    if kind == "fastapi_users":
+        # Its one login, form-encoded (username = the email), no CSRF: the same pool in both files.
+        lines = [f"{user(i)[1]}\t{user(i)[2]}\t\t" for i in range(USERS)]
+        for path in (form_pool, json_pool):
+            path.write_text("\n".join(lines) + "\n")
+        _, email, pw = user(USERS - 1)
+        body, hdrs = form(username=email, password=pw)
+        status = request(srv.port, "POST", PEER_LOGIN_PATH, body, hdrs)[0]
+        check(status == 204, f"{srv.name}: pooled cookie login -> {status}")
+        return form_pool, json_pool
     form_lines, json_lines = [], []
 
     def token_pair(i: int) -> str:
@@ -504,12 +641,25 @@ def write_pools(srv: Server, kind: str) -> tuple[Path, Path]:
 
 
 def json_ok(server: str) -> int:
-    # The port answers 200 (on either database); the seed's Login resource answers 201.
+    # The port answers 200 (on either database); the seed's Login resource answers 201;
+    # FastAPI-Users' cookie login 204.
+    if server == "fastapi_users":
+        return 204
     return 200 if server in PORT_SERVERS else 201
 
 
 def kind_of(server: str) -> str:
+    if server == "fastapi_users":
+        return "fastapi_users"
     return "port" if server in PORT_SERVERS else "flask"
+
+
+def api_login(name: str, pools: dict) -> tuple[str, list[str]]:
+    """(wrk script, its args) of the login loop of the login_json row and the storm: each app's
+    non-form login (the port's and the seed's JSON POST /api/login; FastAPI-Users' cookie login)."""
+    if name == "fastapi_users":
+        return "form_login.lua", [str(pools[name][1]), "204", PEER_LOGIN_PATH]
+    return "json_login.lua", [str(pools[name][1]), str(json_ok(name)), "/api/login"]
 
 
 # -- wrk ---------------------------------------------------------------------------
@@ -635,8 +785,8 @@ def build_cases(srvs: dict[str, Server], cookies: dict[str, str], pools: dict[st
         srv = srvs[name]
 
         def run(duration: int, tag: str):
-            args = [str(pools[name][1]), str(json_ok(name)), "/api/login"]
-            return run_wrk(srv.url, "json_login.lua", args, 32, duration, tag)
+            script, args = api_login(name, pools)
+            return run_wrk(srv.url, script, args, 32, duration, tag)
 
         return run
 
@@ -645,8 +795,8 @@ def build_cases(srvs: dict[str, Server], cookies: dict[str, str], pools: dict[st
 
         def run(duration: int, tag: str):
             # The login loop starts first and ends last, so the whole dashboard window is under storm.
-            args = [str(pools[name][1]), str(json_ok(name)), "/api/login"]
-            bg = start_wrk(srv.url, "json_login.lua", args, 32, duration + 2, tag + "-logins")
+            script, args = api_login(name, pools)
+            bg = start_wrk(srv.url, script, args, 32, duration + 2, tag + "-logins")
             time.sleep(1.0)
             try:
                 dash = run_wrk(f"{srv.url}/dashboard", "cookie_get.lua", [cookies[name], "200"], 64, duration, tag)
@@ -665,7 +815,7 @@ def build_cases(srvs: dict[str, Server], cookies: dict[str, str], pools: dict[st
         ("storm", storm),
     ]:
         for name in SERVERS:
-            if name not in srvs or (name == "port_pg" and scenario not in PG_SCENARIOS):
+            if name not in srvs or scenario not in SERVER_SCENARIOS.get(name, {scenario}):
                 continue
             cases.append(Case(scenario, srvs[name], maker(name), warm=scenario != "storm"))
     return cases
@@ -716,6 +866,13 @@ def run_cases(cases: list[Case], results: dict, phase: str, paired: dict | None 
                 )
                 if paired is not None and scenario in PAIRED_CEILING_SCENARIOS and srv.name == "port":
                     paired_ceiling(scenario, rep, paired)
+                algo = PEER_OWN_HASH.get(srv.name)
+                if paired is not None and scenario in PEER_PAIRED_SCENARIOS and algo:
+                    # One sample of the peer's own hash per repetition and scenario (the Flask servers
+                    # share Werkzeug's), right after the first of its servers' login runs.
+                    samples = paired.setdefault("peers", {}).setdefault(algo, {})
+                    if not any(c["rep"] == rep + 1 for c in samples.get(scenario, [])):
+                        paired_ceiling(scenario, rep, samples, algo)
 
 
 def summarize(results: dict) -> None:
@@ -782,6 +939,15 @@ def versions(python: Path, packages: list[str]) -> dict:
     return json.loads(res.stdout) if res.returncode == 0 else {"error": res.stderr[-500:]}
 
 
+def port_servers_versions() -> dict:
+    """uvicorn / granian / httptools in PORT_SERVERS_DIR (from their dist-info folder names)."""
+    out = {}
+    for dist in sorted(PORT_SERVERS_DIR.glob("*.dist-info")) if PORT_SERVERS_DIR.is_dir() else []:
+        name, _, version = dist.name[: -len(".dist-info")].partition("-")
+        out[name.lower()] = version
+    return out
+
+
 def machine_info() -> dict:
     model = ""
     with open("/proc/cpuinfo") as fh:
@@ -831,14 +997,39 @@ def _children_cpu() -> float:
 # (from one minute to the next, and more over a run), so a ceiling taken at
 # the end of the run is no fair yardstick for logins measured long before.
 PAIRED_CEILING_SCENARIOS = ("login_form", "login_json")
+# The same for the peers with a hasher of their own (bench/peers/hash_ceiling.py), in their login row.
+PEER_PAIRED_SCENARIOS = ("login_form", "login_json")
 
 
-def paired_ceiling(scenario: str, rep: int, paired: dict) -> None:
+def hasher_cmd(algo: str) -> tuple[list[str], Path, dict[str, str]]:
+    """(command up to its options, cwd, extra env) of the in-process hash timing for ``algo``."""
+    if algo == "port":
+        cmd = [str(PORT_VENV / "bin" / "python"), str(BENCH / "hash_ceiling.py")]
+        return cmd, PORT_DIR, {"PYTHONPATH": str(PORT_DIR)}
+    if algo == "werkzeug":
+        return [str(FLASK_VENV / "bin" / "python"), str(BENCH / "hash_ceiling.py")], BENCH, {}
+    venv = PEER_HASHERS[algo]
+    return [str(venv / "bin" / "python"), str(PEERS_DIR / "hash_ceiling.py")], PEERS_DIR, {}
+
+
+# Peer server name -> the venv whose python runs bench/peers/hash_ceiling.py --algo <name>.
+PEER_HASHERS = {"fastapi_users": FASTAPI_USERS_VENV}
+# Server -> its own password hash (sampled beside its logins, see run_cases).
+PEER_OWN_HASH = {
+    "flask_sync": "werkzeug",
+    "flask_gthread": "werkzeug",
+    "flask_sync_pg": "werkzeug",
+    "flask_gthread_pg": "werkzeug",
+    "fastapi_users": "fastapi_users",
+}
+
+
+def paired_ceiling(scenario: str, rep: int, paired: dict, algo: str = "port") -> None:
+    base, cwd, env_extra = hasher_cmd(algo)
     cmd = [
-        str(PORT_VENV / "bin" / "python"),
-        str(BENCH / "hash_ceiling.py"),
+        *base,
         "--algo",
-        "port",
+        algo,
         "--seconds",
         str(DURATION),
         "--repeat",
@@ -848,32 +1039,32 @@ def paired_ceiling(scenario: str, rep: int, paired: dict) -> None:
         "--processes",
         "",
     ]
-    env = {**os.environ, "PYTHONPATH": str(PORT_DIR)}
+    env = {**os.environ, **env_extra}
     time.sleep(PAUSE)
     wait_idle()
     c0, (b0, _), w0 = _children_cpu(), machine_cpu(), time.monotonic()
-    res = subprocess.run(cmd, cwd=PORT_DIR, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     c1, (b1, _), w1 = _children_cpu(), machine_cpu(), time.monotonic()
     other = 100 * max((b1 - b0) / CLK_TCK - (c1 - c0), 0) / (w1 - w0)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("HASH_JSON ")), None)
     if res.returncode != 0 or line is None:
-        raise RuntimeError(f"hash_ceiling.py (paired, {scenario}) failed:\n{res.stderr[-2000:]}")
+        if algo != "port":  # a peer's sample is not worth the run
+            log(f"  WARNING: the {algo} hash ceiling (paired, {scenario}) failed: {res.stderr[-500:]}")
+            return
+        raise RuntimeError(f"hash_ceiling.py --algo {algo} (paired, {scenario}) failed:\n{res.stderr[-2000:]}")
     rate = json.loads(line[len("HASH_JSON ") :])["threads"]["2"]["verifies_per_s"]
     paired.setdefault(scenario, []).append({"rep": rep + 1, "verifies_per_s": rate, "other_cpu_pct": round(other, 1)})
-    log(f"  -> hash ceiling next to {scenario} (rep {rep + 1}): {rate:.1f} verifies/s on 2 threads")
+    log(f"  -> {algo} hash ceiling next to {scenario} (rep {rep + 1}): {rate:.1f} verifies/s on 2 threads")
 
 
-def hash_ceiling() -> dict:
+def hash_ceiling(peers: list[str]) -> dict:
     out = {}
 
-    for algo, python, cwd, env_extra in [
-        ("port", PORT_VENV / "bin" / "python", PORT_DIR, {"PYTHONPATH": str(PORT_DIR)}),
-        ("werkzeug", FLASK_VENV / "bin" / "python", BENCH, {}),
-    ]:
+    for algo in ["port", "werkzeug", *peers]:
+        base, cwd, env_extra = hasher_cmd(algo)
         log(f"hash ceiling: {algo}")
         cmd = [
-            str(python),
-            str(BENCH / "hash_ceiling.py"),
+            *base,
             "--algo",
             algo,
             "--seconds",
@@ -898,6 +1089,9 @@ def hash_ceiling() -> dict:
         (RAW / f"hash-{algo}.log").write_text(res.stdout + res.stderr)
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("HASH_JSON ")), None)
         if res.returncode != 0 or line is None:
+            if algo in PEER_HASHERS:
+                log(f"  WARNING: the {algo} hash ceiling failed (see {RAW / f'hash-{algo}.log'}); left out")
+                continue
             raise RuntimeError(f"hash_ceiling.py --algo {algo} failed:\n{res.stderr[-2000:]}")
         out[algo] = json.loads(line[len("HASH_JSON ") :])
         out[algo]["other_cpu_pct"] = round(other, 1)
@@ -935,6 +1129,15 @@ def pg_missing(meta: dict, reason: str) -> None:
     log("=" * 72)
     meta["postgresql"]["status"] = "missing"
     meta["postgresql"]["reason"] = reason
+
+
+def optional_missing(meta: dict, name: str, reason: str) -> None:
+    """Leave an optional server (Flask on PostgreSQL, a peer) out: say so loudly and record why."""
+    log("=" * 72)
+    log(f"{name} MISSING: {reason}")
+    log("the run goes on without it; the report marks it missing")
+    log("=" * 72)
+    meta["missing"][name] = reason
 
 
 def pg_settings() -> dict[str, str]:
@@ -991,8 +1194,28 @@ def main() -> int:
             ),
             "flask_venv": versions(
                 FLASK_VENV / "bin" / "python",
-                ["flask", "flask-login", "flask-sqlalchemy", "sqlalchemy", "werkzeug", "gunicorn"],
+                ["flask", "flask-login", "flask-sqlalchemy", "sqlalchemy", "werkzeug", "gunicorn", "psycopg"],
             ),
+            "fastapi_users_venv": versions(
+                FASTAPI_USERS_VENV / "bin" / "python",
+                [
+                    "fastapi-users",
+                    "fastapi-users-db-sqlalchemy",
+                    "fastapi",
+                    "starlette",
+                    "pydantic",
+                    "uvicorn",
+                    "uvloop",
+                    "httptools",
+                    "sqlalchemy",
+                    "aiosqlite",
+                    "pwdlib",
+                    "argon2-cffi",
+                ],
+            )
+            if (FASTAPI_USERS_VENV / "bin" / "python").exists()
+            else {},
+            "port_servers_dir": port_servers_versions(),
         },
         "config": {
             "duration_s": DURATION,
@@ -1009,18 +1232,39 @@ def main() -> int:
             "(a database of its own, alembic upgrade head, the same users)",
             "port_pool": port_pool_settings(),
             "pg_scenarios": sorted(PG_SCENARIOS),
+            "pause_s": PAUSE,
             "gunicorn_sync_cmd": f"gunicorn -w 2 --backlog {BACKLOG} app:app",
             "gunicorn_gthread_cmd": f"gunicorn -w 2 -k gthread --threads 8 --backlog {BACKLOG} app:app",
+            "flask_pg_env": "FLASK_REF_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:PORT/flask_bench "
+            "(the same cluster, a database of its own, db.create_all(), the same users; Flask-SQLAlchemy's "
+            "default pool)",
+            "uvicorn_cmd": f"uvicorn --workers 2 --loop uvloop --http httptools --backlog {BACKLOG} "
+            "--no-access-log --host 127.0.0.1 --port PORT app:app",
+            "fastapi_users_app": "bench/peers/fastapi_users/app.py: CookieTransport + DatabaseStrategy "
+            "(SQLAlchemyAccessTokenDatabase), SQLite (aiosqlite, WAL), PasswordHelper(PasswordHash((Argon2Hasher("
+            "time_cost=2, memory_cost=19456, parallelism=1),)))",
+            "fastapi_users_login": f"form-encoded POST {PEER_LOGIN_PATH} (username = the email, password; "
+            "answers 204 + cookie; no CSRF), run in the login_json row and the storm",
+            "server_scenarios": {k: sorted(v) for k, v in SERVER_SCENARIOS.items()},
+            "port_uvicorn_cmd": "python -m uvicorn --workers 2 --loop uvloop --http httptools --backlog "
+            f"{BACKLOG} --no-access-log --host 127.0.0.1 --port PORT quart_app:create_app --factory",
+            "port_granian_cmd": f"python -m granian --interface asgi --workers 2 --loop uvloop --backlog {BACKLOG} "
+            "--host 127.0.0.1 --port PORT --factory quart_app:create_app",
+            "quick": QUICK,
+            "floor": FLOOR,
             "port_form_login": "real form POST /login with a csrf_token + quart_app_session pair per user "
             "(fetched from GET /login up front, reused)",
             "flask_form_login": "form POST /login (the seed has no CSRF)",
             "dashboard_cookies": "the cookie jar of a browser after a form login and one dashboard visit",
             "hash_seconds": HASH_SECONDS,
             "idle_wait_s": IDLE_WAIT,
+            "quiesce_wait_s": QUIESCE_WAIT,
             "noise_limit_pct": NOISE_LIMIT,
             "noise_retries": NOISE_RETRIES,
         },
         "labels": LABELS,
+        # Optional servers left out of this run, and why (port_pg's is under "postgresql").
+        "missing": {},
         "postgresql": {
             "status": "ok" if PG_URL else "missing",
             "reason": None,
@@ -1072,6 +1316,62 @@ def main() -> int:
         )
         check(res.returncode == 0, f"flask create-db failed:\n{res.stderr[-2000:]}")
 
+        # Flask on PostgreSQL: the same app, FLASK_REF_DATABASE_URL at the database flask_bench.
+        flask_pg_env = None
+        if PG_FLASK_URL:
+            flask_pg_env = {
+                **flask_env,
+                "FLASK_REF_SECRET_KEY": secrets.token_urlsafe(48),
+                "FLASK_REF_DATABASE_URL": PG_FLASK_URL,
+            }
+            log(f"creating the Flask reference's tables on PostgreSQL (db.create_all()) at {PG_FLASK_URL}")
+            res = subprocess.run(
+                [str(FLASK_VENV / "bin" / "python"), "app.py", "create-db"],
+                cwd=BENCH / "flask_ref",
+                env=flask_pg_env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            (RAW / "flask-create-db-pg.log").write_text(res.stdout + res.stderr)
+            if res.returncode != 0:
+                last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+                for name in sorted(FLASK_PG_SERVERS):
+                    optional_missing(meta, name, f"db.create_all() on PostgreSQL failed: {last}")
+                flask_pg_env = None
+        else:
+            why = PG_MISSING or "BENCH_PG_FLASK_URL is not set (no flask_bench database)"
+            for name in sorted(FLASK_PG_SERVERS):
+                optional_missing(meta, name, why)
+
+        # The FastAPI-Users peer: its own SQLite file, tables made once before its workers start.
+        peer_env = None
+        if PEERS_MISSING:
+            optional_missing(meta, "fastapi_users", PEERS_MISSING)
+        elif not (FASTAPI_USERS_VENV / "bin" / "uvicorn").exists():
+            why = f"no {FASTAPI_USERS_VENV}/bin/uvicorn (run the bench with bench/run)"
+            optional_missing(meta, "fastapi_users", why)
+        else:
+            peer_env = {
+                **os.environ,
+                "FASTAPI_USERS_DATABASE_URL": f"sqlite+aiosqlite:///{WORK / 'fastapi_users.sqlite3'}",
+                "FASTAPI_USERS_SECRET": secrets.token_urlsafe(48),
+            }
+            log("creating the FastAPI-Users peer's tables (Base.metadata.create_all)")
+            res = subprocess.run(
+                [str(FASTAPI_USERS_VENV / "bin" / "python"), "app.py", "create-db"],
+                cwd=PEERS_DIR / "fastapi_users",
+                env=peer_env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            (RAW / "fastapi-users-create-db.log").write_text(res.stdout + res.stderr)
+            if res.returncode != 0:
+                last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+                optional_missing(meta, "fastapi_users", f"its create-db failed: {last}")
+                peer_env = None
+
         # The PostgreSQL variant: the same app and server config, another QUART_APP_DATABASE_URL.
         # Optional: whatever goes wrong with it is logged, recorded, and the run goes on without it.
         pg_env = None
@@ -1090,10 +1390,26 @@ def main() -> int:
         else:
             pg_missing(meta, PG_MISSING or "BENCH_PG_URL is not set (run the benchmark with bench/run)")
 
+        # The port under uvicorn and granian: the same app, environment and database as "port".
+        alt_ok = {}
+        for name, module in (("port_uvicorn", "uvicorn"), ("port_granian", "granian")):
+            if PORT_SERVERS_MISSING:
+                optional_missing(meta, name, PORT_SERVERS_MISSING)
+            elif not (PORT_SERVERS_DIR / module).is_dir():
+                optional_missing(meta, name, f"{module} is not in {PORT_SERVERS_DIR} (run the bench with bench/run)")
+            else:
+                alt_ok[name] = True
+        alt_env = {**port_env, "PYTHONPATH": f"{PORT_SERVERS_DIR}{os.pathsep}{PORT_DIR}"}
+
         port = PORT_BASE
         srvs: dict[str, Server] = {}
         for name in SERVERS:
-            if name == "port_pg" and pg_env is None:
+            if (
+                (name == "port_pg" and pg_env is None)
+                or (name in FLASK_PG_SERVERS and flask_pg_env is None)
+                or (name == "fastapi_users" and peer_env is None)
+                or (name in PORT_ALT_SERVERS and name not in alt_ok)
+            ):
                 continue
             port = free_port(port)
             if name == "port":
@@ -1101,27 +1417,42 @@ def main() -> int:
             elif name == "port_pg":
                 cmd = hypercorn_cmd(port, "quart_app:create_app()")
                 srvs[name] = Server(name, cmd, PORT_DIR, pg_env, port, db_pid=PG_PID)
-            elif name == "flask_sync":
-                srvs[name] = Server(name, gunicorn_cmd([], port, "app:app"), BENCH / "flask_ref", flask_env, port)
+            elif name == "fastapi_users":
+                srvs[name] = Server(name, uvicorn_cmd(port), PEERS_DIR / "fastapi_users", peer_env, port)
+            elif name in PORT_ALT_SERVERS:
+                srvs[name] = Server(name, port_alt_cmd(name, port), PORT_DIR, alt_env, port)
             else:
-                extra = ["-k", "gthread", "--threads", "8"]
-                srvs[name] = Server(name, gunicorn_cmd(extra, port, "app:app"), BENCH / "flask_ref", flask_env, port)
+                on_pg = name in FLASK_PG_SERVERS
+                extra = ["-k", "gthread", "--threads", "8"] if name.startswith("flask_gthread") else []
+                srvs[name] = Server(
+                    name,
+                    gunicorn_cmd(extra, port, "app:app"),
+                    BENCH / "flask_ref",
+                    flask_pg_env if on_pg else flask_env,
+                    port,
+                    db_pid=PG_PID if on_pg else 0,
+                )
             port += 1
         servers = list(srvs.values())
         for srv in servers:
             srv.start()
 
-        def drop_pg(reason: str) -> None:
-            srvs.pop("port_pg").stop()
-            pg_missing(meta, reason)
+        optional = {"port_pg", "fastapi_users", *FLASK_PG_SERVERS, *PORT_ALT_SERVERS}
+
+        def drop(name: str, reason: str) -> None:
+            srvs.pop(name).stop()
+            if name == "port_pg":
+                pg_missing(meta, reason)
+            else:
+                optional_missing(meta, name, reason)
 
         for srv in servers:
             try:
-                srv.wait_ready("/login")
+                srv.wait_ready("/" if srv.name == "fastapi_users" else "/login")
             except RuntimeError as exc:
-                if srv.name != "port_pg":
+                if srv.name not in optional:
                     raise
-                drop_pg(f"the port did not start on PostgreSQL: {exc}")
+                drop(srv.name, f"it did not start: {exc}")
                 continue
             log(f"{srv.name} up at {srv.url}")
 
@@ -1129,20 +1460,26 @@ def main() -> int:
         register_users(srvs["port"], "port")
         register_users(srvs["flask_sync"], "flask")  # flask_gthread serves the same database
         cookies, pools = {}, {}
+        registered_flask_pg = False
         for name, srv in list(srvs.items()):
             try:
-                if name == "port_pg":
-                    register_users(srv, "port")  # its own database
+                if name in ("port_pg", "fastapi_users"):
+                    register_users(srv, kind_of(name))  # its own database
+                if name in FLASK_PG_SERVERS and not registered_flask_pg:
+                    register_users(srv, "flask")  # flask_bench, shared by both Flask servers on PostgreSQL
+                    registered_flask_pg = True
                 cookies[name] = cookie_header(browser_login(srv, kind_of(name)))
-                pools[name] = write_pools(srv, kind_of(name))
+                if name not in PORT_ALT_SERVERS:  # protected only: no login pools
+                    pools[name] = write_pools(srv, kind_of(name))
             except (RuntimeError, OSError) as exc:
-                if name != "port_pg":
+                if name not in optional:
                     raise
                 cookies.pop(name, None)
-                drop_pg(f"setting up users on the port on PostgreSQL failed: {exc}; see {srv.logfile}")
+                drop(name, f"setting up its users failed: {exc}; see {srv.logfile}")
         meta["cookies"] = {name: sorted(k.split("=")[0] for k in c.split("; ")) for name, c in cookies.items()}
-        if "port_pg" in srvs:
-            log("port_pg (the port on PostgreSQL) is ready: measured in " + ", ".join(sorted(PG_SCENARIOS)))
+        for name in srvs:
+            if name in SERVER_SCENARIOS:
+                log(f"{name} is ready: measured in " + ", ".join(sorted(SERVER_SCENARIOS[name])))
 
         run_cases(build_cases(srvs, cookies, pools), results, "main", paired)
         for srv in servers:
@@ -1151,6 +1488,8 @@ def main() -> int:
 
         # ---- floor ---------------------------------------------------------------
         floor_dir = BENCH / "floor"
+        if not FLOOR:
+            log("floor left out (BENCH_FLOOR=0; BENCH_QUICK's default)")
         floor_specs = [
             ("bare_asgi", lambda p: hypercorn_cmd(p, "bare_asgi:app"), {**os.environ, "PYTHONPATH": str(floor_dir)}),
             ("bare_quart", lambda p: hypercorn_cmd(p, "bare_quart:app"), {**os.environ, "PYTHONPATH": str(floor_dir)}),
@@ -1163,7 +1502,7 @@ def main() -> int:
         ]
         floor_servers = {}
         port = PORT_BASE + 10
-        for name, cmd, env in floor_specs:
+        for name, cmd, env in floor_specs if FLOOR else []:
             port = free_port(port)
             floor_servers[name] = Server(name, cmd(port), floor_dir, env, port)
             port += 1
@@ -1182,13 +1521,14 @@ def main() -> int:
                 return run_wrk(f"{srv.url}/", "cookie_get.lua", ["", "200"], 64, duration, tag)
 
             floor_cases.append(Case("floor_64", srv, run, warm=True))
-        run_cases(floor_cases, results, "floor")
+        if floor_cases:
+            run_cases(floor_cases, results, "floor")
         for srv in servers:
             srv.stop()
         servers = []
 
         # ---- hash ceiling ------------------------------------------------------
-        hashes = hash_ceiling()
+        hashes = hash_ceiling([p for p in PEER_HASHERS if p in srvs])
     finally:
         for srv in servers:
             srv.stop()
@@ -1196,7 +1536,16 @@ def main() -> int:
 
     summarize(results)
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    doc = {"meta": meta, "scenarios": results, "hash_ceiling": hashes, "hash_ceiling_paired": paired}
+    paired_peers = paired.pop("peers", {})
+    doc = {
+        "meta": meta,
+        "scenarios": results,
+        "hash_ceiling": hashes,
+        "hash_ceiling_paired": paired,
+        # Hash ("werkzeug", "fastapi_users") -> scenario -> its ceiling (2 threads) per repetition, sampled
+        # right after the first login run of a server using it in that repetition.
+        "hash_ceiling_paired_peers": paired_peers,
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "latest.json").write_text(json.dumps(doc, indent=1) + "\n")
     log(f"wrote {OUT / 'latest.json'} ({meta['elapsed_s']} s)")

@@ -12,18 +12,45 @@ import json
 import sys
 from pathlib import Path
 
-SERVERS = ["port", "port_pg", "flask_sync", "flask_gthread"]
+SERVERS = [
+    "port",
+    "port_pg",
+    "flask_sync",
+    "flask_gthread",
+    "flask_sync_pg",
+    "flask_gthread_pg",
+    "fastapi_users",
+    "port_uvicorn",
+    "port_granian",
+]
+PORT_ALT = ["port_uvicorn", "port_granian"]
+FLASK_PG = ["flask_sync_pg", "flask_gthread_pg"]
 SHORT = {
     "port": "Quart port (SQLite)",
     "port_pg": "Quart port (PostgreSQL)",
     "flask_sync": "Flask sync",
     "flask_gthread": "Flask gthread",
+    "flask_sync_pg": "Flask sync (PostgreSQL)",
+    "flask_gthread_pg": "Flask gthread (PostgreSQL)",
+    "fastapi_users": "FastAPI-Users",
+    "port_uvicorn": "Quart port under uvicorn",
+    "port_granian": "Quart port under granian",
     "bare_asgi": "bare ASGI",
     "bare_quart": "bare Quart",
     "bare_flask_sync": "bare Flask sync",
     "bare_flask_gthread": "bare Flask gthread",
 }
-COLORS = {"port": "#1f77b4", "port_pg": "#2ca02c", "flask_sync": "#d62728", "flask_gthread": "#ff7f0e"}
+COLORS = {
+    "port": "#1f77b4",
+    "port_pg": "#2ca02c",
+    "flask_sync": "#d62728",
+    "flask_gthread": "#ff7f0e",
+    "flask_sync_pg": "#8c564b",
+    "flask_gthread_pg": "#e377c2",
+    "fastapi_users": "#9467bd",
+    "port_uvicorn": "#17becf",
+    "port_granian": "#bcbd22",
+}
 SCENARIOS = [
     ("protected_64", "protected: GET /dashboard, 64 conns", "req/s"),
     ("protected_512", "protected: GET /dashboard, 512 conns", "req/s"),
@@ -31,8 +58,19 @@ SCENARIOS = [
     ("login_json", "login: JSON POST /api/login, 32 conns", "logins/s"),
     ("storm", "storm: GET /dashboard at 64 conns during a JSON-login loop at 32", "req/s"),
 ]
-# The scenarios the PostgreSQL variant (port_pg) is measured in.
+# The scenarios the PostgreSQL variants (port_pg, Flask on PostgreSQL) are measured in.
 PG_SCENARIOS = ["protected_64", "protected_512", "login_form", "login_json"]
+# FastAPI-Users: protected, its (form-encoded) login in the login_json row, storm.
+PEER_SCENARIOS = ["protected_64", "protected_512", "login_json", "storm"]
+# Each peer's own hash (the "hash_ceiling" key) and the scenarios its logins are in.
+OWN_HASH = {
+    "flask_sync": "werkzeug",
+    "flask_gthread": "werkzeug",
+    "flask_sync_pg": "werkzeug",
+    "flask_gthread_pg": "werkzeug",
+    "fastapi_users": "fastapi_users",
+}
+PEER_LOGIN_NOTE = "FastAPI-Users' row is its own login: form-encoded `POST /auth/cookie/login` (answers 204 + cookie)"
 NOISY_OTHER_CPU = 25.0  # % of one core used by other processes during a run (if latest.json does not say)
 
 
@@ -113,6 +151,37 @@ def paired_login_share(doc: dict, scenario: str) -> tuple[float | None, float | 
     )
 
 
+def peer_login_shares(doc: dict) -> list[tuple[str, str, float | None, float | None, list[float], str]]:
+    """Each peer's logins as a share of its own hash's ceiling:
+    (server, scenario, median logins/s, ceiling, per-repetition shares, how the ceiling was had)."""
+    res, hashes = doc["scenarios"], doc.get("hash_ceiling", {})
+    paired = doc.get("hash_ceiling_paired_peers", {})
+    out = []
+    for name, algo in OWN_HASH.items():
+        for scenario in ("login_json", "login_form"):
+            every = res.get(scenario, {}).get(name, {}).get("runs", [])
+            # Runs that completed no login (queued past a short measurement) have no rate.
+            runs = [(i + 1, r) for i, r in enumerate(every) if r["requests"]]
+            if not runs:
+                continue
+            # Older runs keyed FastAPI-Users' samples by server; both are the hash's name now.
+            by_rep = {c["rep"]: c["verifies_per_s"] for c in paired.get(algo, {}).get(scenario, [])}
+            if by_rep:
+                pairs = [(r["rps"], by_rep[i]) for i, r in runs if by_rep.get(i)]
+                ratios = [x / c for x, c in pairs]
+                ceiling = _median([c for _, c in pairs])
+                how = "its own verify on 2 threads, sampled in each repetition right after the logins"
+            else:
+                h = hashes.get(algo)
+                if not h:
+                    continue
+                ceiling = (h.get("processes", {}).get("2") or h["threads"]["2"])["verifies_per_s"]
+                ratios = [r["rps"] / ceiling for _, r in runs] if ceiling else []
+                how = "its own verify on 2 processes, at the end of the run"
+            out.append((name, scenario, _median([r["rps"] for _, r in runs]), ceiling, ratios, how))
+    return out
+
+
 def targets(doc: dict) -> list[str]:
     """The issue's targets against this run's medians (the port on SQLite)."""
     res = doc["scenarios"]
@@ -132,7 +201,8 @@ def targets(doc: dict) -> list[str]:
         # other, while the machine's speed drifts over the whole run.
         ra = res.get(scenario, {}).get(a, {}).get("runs", [])
         rb = res.get(scenario, {}).get(b, {}).get("runs", [])
-        return [x[key] / y[key] for x, y in zip(ra, rb, strict=False) if y[key]]
+        # A run that completed no request has no rate (nor latency): it is left out.
+        return [x[key] / y[key] for x, y in zip(ra, rb, strict=False) if y[key] and x["requests"] and y["requests"]]
 
     def listed(ratios):
         return ", ".join(f"{x:.2f}" for x in ratios)
@@ -158,11 +228,40 @@ def targets(doc: dict) -> list[str]:
                         f"(per repetition {listed(shares)}; medians {fmt(med(scenario, 'port', 'p99_ms'))} vs "
                         f"{fmt(med(scenario, ref, 'p99_ms'))} ms) | {yes(share <= 0.5)} |"
                     )
+    # The port on PostgreSQL: vs itself on SQLite, vs Flask on the same PostgreSQL.
+    pg64 = per_rep("protected_64", "port_pg", "port")
+    if pg64:
+        r = _median(pg64)
+        out.append(
+            f"| protected, 64 conns: {SHORT['port_pg']} ≥ 60 % of {SHORT['port']}'s req/s | {100 * r:.0f}% "
+            f"(per repetition {listed(pg64)}; medians {fmt(med('protected_64', 'port_pg'))} vs "
+            f"{fmt(med('protected_64', 'port'))}) | {yes(r >= 0.6)} |"
+        )
+    for ref in FLASK_PG:
+        ratios = per_rep("protected_64", "port_pg", ref)
+        if not ratios:
+            continue
+        r = _median(ratios)
+        out.append(
+            f"| protected, 64 conns: {SHORT['port_pg']} ≥ 1.3× {SHORT[ref]}'s req/s | {r:.2f}× "
+            f"(per repetition {listed(ratios)}; medians {fmt(med('protected_64', 'port_pg'))} vs "
+            f"{fmt(med('protected_64', ref))}) | {yes(r >= 1.3)} |"
+        )
+    p99s = per_rep("protected_512", "port_pg", "port", "p99_ms")
+    if p99s:
+        r = _median(p99s)
+        out.append(
+            f"| protected, 512 conns: {SHORT['port_pg']}'s p99 ≤ 2× {SHORT['port']}'s | {r:.2f}× "
+            f"(per repetition {listed(p99s)}; medians {fmt(med('protected_512', 'port_pg', 'p99_ms'))} vs "
+            f"{fmt(med('protected_512', 'port', 'p99_ms'))} ms) | {yes(r <= 2)} |"
+        )
+    port_share = None
     for scenario, label in (("login_json", "JSON"), ("login_form", "form")):
         logins, ceiling, ratios = paired_login_share(doc, scenario)
         if logins is None or not ratios:
             continue
         share = _median(ratios)
+        port_share = share if port_share is None else min(port_share, share)
         out.append(
             f"| {label} logins: ≥ 90 % of the hash ceiling measured beside them | {100 * share:.0f}% "
             f"({fmt(logins)}/s; ceiling {fmt(ceiling)}/s) | {yes(share >= 0.9)} |"
@@ -194,7 +293,7 @@ def targets(doc: dict) -> list[str]:
         shape = p512["median"]["p99_ms"] / mean
         for ref in ("flask_sync", "flask_gthread"):
             other = res.get("protected_512", {}).get(ref)
-            if not other:
+            if not other or not shape or not other["median"]["p99_ms"] or not other["median"]["rps"]:
                 continue
             needed = 512 / (0.5 * other["median"]["p99_ms"] / shape / 1000)
             note = (
@@ -207,10 +306,53 @@ def targets(doc: dict) -> list[str]:
                 note += f' and {100 * needed / bare["median"]["rps"]:.0f}% of bare Quart\'s "hello" (64 conns)'
             cpu_notes.append(note + ".")
     idle, storm = res.get("protected_64", {}).get("port"), res.get("storm", {}).get("port")
-    if idle and storm:
+    if idle and storm and idle["median"]["rps"]:
         p99, kept = storm["median"]["p99_ms"], storm["median"]["rps"] / idle["median"]["rps"]
         out.append(f"| storm: dashboard p99 ≤ 100 ms | {fmt(p99)} ms | {yes(p99 <= 100)} |")
         out.append(f"| storm: dashboard keeps ≥ ¼ of its idle req/s | {100 * kept:.0f}% | {yes(kept >= 0.25)} |")
+    # The port vs FastAPI-Users (the async library a team would pick instead): the port ahead.
+    for scenario, conns in (("protected_64", 64), ("protected_512", 512)):
+        ratios = per_rep(scenario, "port", "fastapi_users")
+        if not ratios:
+            continue
+        r = _median(ratios)
+        out.append(
+            f"| protected, {conns} conns: {SHORT['port']} ahead of {SHORT['fastapi_users']}' req/s | {r:.2f}× "
+            f"(per repetition {listed(ratios)}; medians {fmt(med(scenario, 'port'))} vs "
+            f"{fmt(med(scenario, 'fastapi_users'))}) | {yes(r > 1)} |"
+        )
+    storm_p99 = per_rep("storm", "port", "fastapi_users", "p99_ms")
+    if storm_p99:
+        r = _median(storm_p99)
+        out.append(
+            f"| storm: {SHORT['port']}'s dashboard p99 below {SHORT['fastapi_users']}' | {r:.2f}× "
+            f"(per repetition {listed(storm_p99)}; medians {fmt(med('storm', 'port', 'p99_ms'))} vs "
+            f"{fmt(med('storm', 'fastapi_users', 'p99_ms'))} ms) | {yes(r < 1)} |"
+        )
+    # The peers' logins against their own hash's ceiling: none above 90 % while the port is.
+    shares = peer_login_shares(doc)
+    over = []
+    per_server: dict[str, list[str]] = {}
+    for name, scenario, logins, ceiling, ratios, _how in shares:
+        if not ratios:
+            continue
+        share = _median(ratios)
+        if share > 0.9:
+            over.append(f"{SHORT[name]} ({scenario.replace('login_', '')})")
+        login = "cookie login" if name == "fastapi_users" else scenario.replace("login_", "")
+        per_server.setdefault(name, []).append(f"{login} {100 * share:.0f}% ({fmt(logins)}/s of {fmt(ceiling)}/s)")
+    for name, cells in per_server.items():
+        whose = SHORT[name] + ("'" if SHORT[name].endswith("s") else "'s")
+        out.append(
+            f"| {whose} logins as a share of its own hash ceiling (see the hash ceiling section) "
+            f"| {'; '.join(cells)} | – |"
+        )
+    if shares and port_share is not None:
+        ok = port_share >= 0.9 and not over
+        out.append(
+            f"| no peer above 90 % of its own hash ceiling while the port is | port {100 * port_share:.0f}% "
+            f"(its lower login share); peers above 90 %: {', '.join(over) or 'none'} | {yes(ok)} |"
+        )
     errors = sum(
         e["totals"]["non_2xx_3xx"]
         + e["totals"]["unexpected_status"]
@@ -259,7 +401,19 @@ def markdown(doc: dict) -> str:
         f"- **Flask reference** (`bench/flask_ref`): Python {fv.get('python')}, flask {fv.get('flask')}, "
         f"flask-login {fv.get('flask-login')}, flask-sqlalchemy {fv.get('flask-sqlalchemy')}, "
         f"SQLAlchemy {fv.get('sqlalchemy')}, werkzeug {fv.get('werkzeug')}, gunicorn {fv.get('gunicorn')}"
+        + (f", psycopg {fv.get('psycopg')} (on PostgreSQL)" if fv.get("psycopg") else "")
     )
+    uv = meta["versions"].get("fastapi_users_venv") or {}
+    if uv.get("fastapi-users"):
+        w(
+            f"- **FastAPI-Users peer** (`bench/peers/fastapi_users`): Python {uv.get('python')}, "
+            f"fastapi-users {uv.get('fastapi-users')}, fastapi-users-db-sqlalchemy "
+            f"{uv.get('fastapi-users-db-sqlalchemy')}, fastapi {uv.get('fastapi')}, starlette {uv.get('starlette')}, "
+            f"uvicorn {uv.get('uvicorn')}, uvloop {uv.get('uvloop')}, httptools {uv.get('httptools')}, "
+            f"SQLAlchemy {uv.get('sqlalchemy')}, aiosqlite {uv.get('aiosqlite')}, pwdlib {uv.get('pwdlib')}, "
+            f"argon2-cffi {uv.get('argon2-cffi')}; {cfg.get('fastapi_users_app', '')}; served by "
+            f"`{cfg.get('uvicorn_cmd', 'uvicorn')}`; login: {cfg.get('fastapi_users_login', '')}"
+        )
     w(
         f"- **Method**: `{cfg['wrk']}`, {m.get('wrk')}; each number is the median of {cfg['repeat']} "
         f"measurements of {cfg['duration_s']} s, the servers alternating (each repetition starts with a "
@@ -280,6 +434,16 @@ def markdown(doc: dict) -> str:
         f"({'; '.join(f'{SHORT[k]}: ' + ', '.join(v) for k, v in meta.get('cookies', {}).items())})."
     )
     w(pg_line(meta))
+    if cfg.get("flask_pg_env"):
+        w(
+            f"- **Flask on PostgreSQL** (`flask_sync_pg`, `flask_gthread_pg`): the same two gunicorn servers with "
+            f"`{cfg['flask_pg_env']}`; measured in the protected and login scenarios; their *server CPU* adds "
+            f"PostgreSQL's processes too."
+        )
+    for name, reason in (meta.get("missing") or {}).items():
+        w(f"- **{SHORT.get(name, name)}** (`{name}`): **missing** — {reason}")
+    if cfg.get("quick"):
+        w("- **Quick mode** (`BENCH_QUICK=1`): short measurements, one repetition: a smoke test, not a result.")
     w("")
 
     lines.extend(targets(doc))
@@ -291,19 +455,32 @@ def markdown(doc: dict) -> str:
     if pg.get("status") != "ok":
         w(f"The PostgreSQL variant is **missing** from this run: {pg.get('reason') or 'no reason recorded'}.")
         w("")
-    w("Median rate per second (p99 ms); *PG / SQLite* is the PostgreSQL rate as a share of the SQLite one.")
+    w(
+        "Median rate per second (p99 ms); *PG / SQLite* is the port's PostgreSQL rate as a share of its SQLite one. "
+        f"{PEER_LOGIN_NOTE}, in the JSON-login row (it has no form/CSRF flow like the port's); "
+        "it is not measured in the form row."
+    )
     w("")
-    w("| scenario | Quart port (SQLite) | Quart port (PostgreSQL) | PG / SQLite | Flask sync | Flask gthread |")
-    w("| --- | ---: | ---: | ---: | ---: | ---: |")
+    w(
+        "| scenario | Quart port (SQLite) | Quart port (PostgreSQL) | PG / SQLite | Flask sync | Flask gthread "
+        "| Flask sync (PostgreSQL) | Flask gthread (PostgreSQL) | FastAPI-Users (SQLite) |"
+    )
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    missing = meta.get("missing") or {}
     for key, title, unit in SCENARIOS:
-        if key not in PG_SCENARIOS:
+        if key not in PG_SCENARIOS and key not in PEER_SCENARIOS:
             continue
         per = res.get(key, {})
 
-        def cell(name, per=per):
+        def cell(name, per=per, key=key):
             e = per.get(name)
+            if e and not any(r["requests"] for r in e["runs"]):
+                return "none completed"
             if not e:
-                return "missing" if name == "port_pg" else "–"
+                scenarios = PEER_SCENARIOS if name == "fastapi_users" else PG_SCENARIOS
+                if (name == "port_pg" or name in missing) and key in scenarios:
+                    return "missing"
+                return "–"
             md = e["median"]
             err = "" if errors_cell(e["totals"]) == "0" else " ⚠ errors"
             return f"{fmt(md['rps'])} ({fmt(md['p99_ms'])}){err}"
@@ -312,9 +489,45 @@ def markdown(doc: dict) -> str:
         ratio = f"{100 * b['median']['rps'] / a['median']['rps']:.0f}%" if a and b and a["median"]["rps"] else "–"
         w(
             f"| {title} ({unit}) | {cell('port')} | {cell('port_pg')} | {ratio} | {cell('flask_sync')} "
-            f"| {cell('flask_gthread')} |"
+            f"| {cell('flask_gthread')} | {cell('flask_sync_pg')} | {cell('flask_gthread_pg')} "
+            f"| {cell('fastapi_users')}{' †' if key == 'login_json' and 'fastapi_users' in per else ''} |"
         )
     w("")
+    w(f"† {PEER_LOGIN_NOTE}.")
+    w("")
+    alt = [n for n in PORT_ALT if n in res.get("protected_64", {}) or n in res.get("protected_512", {})]
+    if alt:
+        w("## The port under other ASGI servers")
+        w("")
+        w(
+            "The same app, environment and SQLite database as the port, with the port's interpreter; only the "
+            f"server differs (hypercorn.toml stays the port's default): `{cfg.get('port_uvicorn_cmd')}`, "
+            f"`{cfg.get('port_granian_cmd')}` "
+            f"({', '.join(f'{k} {v}' for k, v in (meta['versions'].get('port_servers_dir') or {}).items())}). "
+            "Median req/s (p99 ms), and the rate as a share of hypercorn's, repetition by repetition."
+        )
+        w("")
+        w("| scenario | " + " | ".join(["Quart port (hypercorn)", *(SHORT[n] for n in alt)]) + " |")
+        w("| --- | ---: |" + " ---: |" * len(alt))
+        for key in ("protected_64", "protected_512"):
+            per = res.get(key, {})
+            title = next(t for k, t, _ in SCENARIOS if k == key)
+            cells = []
+            for n in ["port", *alt]:
+                e = per.get(n)
+                if not e:
+                    cells.append("–")
+                    continue
+                c = f"{fmt(e['median']['rps'])} ({fmt(e['median']['p99_ms'])})"
+                if n != "port" and per.get("port"):
+                    ratios = [
+                        x["rps"] / y["rps"] for x, y in zip(e["runs"], per["port"]["runs"], strict=False) if y["rps"]
+                    ]
+                    if ratios:
+                        c += f", {100 * _median(ratios):.0f}%"
+                cells.append(c)
+            w(f"| {title} | " + " | ".join(cells) + " |")
+        w("")
     w("## Results")
     w("")
     w("| scenario | server | rate /s | p50 ms | p99 ms | errors | server CPU | wrk CPU |")
@@ -325,8 +538,12 @@ def markdown(doc: dict) -> str:
             if not e:
                 continue
             md = e["median"]
+            if name == "fastapi_users" and key == "login_json":
+                title_here = "login: its form-encoded POST /auth/cookie/login (the JSON-login row), 32 conns"
+            else:
+                title_here = title
             w(
-                f"| {title} | {SHORT[name]} | {fmt(md['rps'])} {unit} | {fmt(md['p50_ms'])} | {fmt(md['p99_ms'])} "
+                f"| {title_here} | {SHORT[name]} | {fmt(md['rps'])} {unit} | {fmt(md['p50_ms'])} | {fmt(md['p99_ms'])} "
                 f"| {errors_cell(e['totals'])} | {cpu_cell(md)} | {md['wrk_cpu_pct']:.0f}% |"
             )
     for name, e in res.get("floor_64", {}).items():
@@ -408,8 +625,11 @@ def markdown(doc: dict) -> str:
         best = {
             "port": [res.get(k, {}).get("port") for k in ("login_json", "login_form")],
             "werkzeug": [
-                res.get(k, {}).get(n) for k in ("login_json", "login_form") for n in ("flask_sync", "flask_gthread")
+                res.get(k, {}).get(n)
+                for k in ("login_json", "login_form")
+                for n in ("flask_sync", "flask_gthread", *FLASK_PG)
             ],
+            "fastapi_users": [res.get("login_json", {}).get("fastapi_users")],
         }
         for algo, h in hashes.items():
             params = h["params"]
@@ -417,6 +637,12 @@ def markdown(doc: dict) -> str:
                 desc = (
                     f"port's argon2id `PasswordHasher._verify_sync`: m={params['memory_cost_kib']} KiB, "
                     f"t={params['time_cost']}, p={params['parallelism']} (Settings() defaults)"
+                )
+            elif algo == "fastapi_users":
+                desc = (
+                    f"FastAPI-Users `PasswordHelper.verify_and_update` (pwdlib `Argon2Hasher`): argon2id "
+                    f"m={params['memory_cost_kib']} KiB, t={params['time_cost']}, p={params['parallelism']} "
+                    "(the port's parameters)"
                 )
             else:
                 desc = f"Werkzeug `check_password_hash`, default `{params['method']}` (the seed's)"
@@ -431,9 +657,23 @@ def markdown(doc: dict) -> str:
             "The port hashes on a thread pool in each worker; the seed hashes in gunicorn's worker processes. "
             "argon2-cffi and hashlib's scrypt both release the GIL, so 2 threads and 2 processes should agree; "
             "2 is the machine's core count. The last column is the highest median login rate of the form and "
-            "JSON scenarios."
+            "JSON scenarios. FastAPI-Users verifies on its event loop (as it ships), one verify at a time per "
+            "uvicorn worker: its 2 workers are its 2 lanes."
         )
         w("")
+        shares = peer_login_shares(doc)
+        if shares:
+            w("The peers' logins as a share of their own hash's ceiling:")
+            w("")
+            w("| server | login | logins/s | its ceiling /s | share per repetition | ceiling taken |")
+            w("| --- | --- | ---: | ---: | --- | --- |")
+            for name, scenario, logins, ceiling, ratios, how in shares:
+                login = "form-encoded cookie login" if name == "fastapi_users" else scenario.replace("login_", "")
+                w(
+                    f"| {SHORT[name]} | {login} | {fmt(logins)} | {fmt(ceiling)} "
+                    f"| {', '.join(f'{100 * x:.0f}%' for x in ratios)} | {how} |"
+                )
+            w("")
         paired = doc.get("hash_ceiling_paired", {})
         if paired:
             w(
@@ -479,6 +719,13 @@ def markdown(doc: dict) -> str:
                     f"during {len(noisy)} of {len(e['runs'])} runs; {verdict}"
                 )
             retaken += sum(r.get("noise_retries", 0) for r in e["runs"])
+            empty = sum(1 for r in e["runs"] if not r["requests"])
+            if empty:
+                notes.append(
+                    f"{key} / {SHORT.get(name, name)}: {empty} of {len(e['runs'])} run(s) saw no response complete "
+                    f"within its {cfg['duration_s']} s (its requests queued for longer than the measurement): "
+                    "the 0/s there is no rate"
+                )
     if retaken:
         notes.append(
             f"{retaken} measurement(s) were taken again because other processes used more than {limit:.0f}% of a core "
@@ -536,7 +783,13 @@ def chart(doc: dict, path: Path) -> None:
         names = [n for n in SERVERS if n in per or (n == "port_pg" and key in PG_SCENARIOS)]
         bars(
             ax,
-            [(SHORT[n], per[n]["median"]["rps"] if n in per else None) for n in names],
+            [
+                (
+                    SHORT[n] + (" (its form login)" if n == "fastapi_users" and key == "login_json" else ""),
+                    per[n]["median"]["rps"] if n in per else None,
+                )
+                for n in names
+            ],
             title,
             unit,
             [COLORS[n] for n in names],
@@ -604,8 +857,12 @@ def chart(doc: dict, path: Path) -> None:
     ax = axes[6]
     items = []
     for algo, h in hashes.items():
-        color = COLORS["port"] if algo == "port" else COLORS["flask_sync"]
-        label = "argon2id (port)" if algo == "port" else f"{h['params']['method'].split(':')[0]} (seed)"
+        if algo == "port":
+            color, label = COLORS["port"], "argon2id (port)"
+        elif algo == "fastapi_users":
+            color, label = COLORS["fastapi_users"], "argon2id (FastAPI-Users)"
+        else:
+            color, label = COLORS["flask_sync"], f"{h['params']['method'].split(':')[0]} (seed)"
         for t in ("1", "2"):
             if t in h["threads"]:
                 items.append(
@@ -633,7 +890,8 @@ def chart(doc: dict, path: Path) -> None:
     pg = pg_meta(meta)
     pg_txt = "" if pg.get("status") == "ok" else " — PostgreSQL variant missing"
     fig.suptitle(
-        f"Quart port (SQLite, PostgreSQL) vs sync Flask reference — {meta['date']} — {m['nproc']} × {m['cpu_model']} — "
+        f"Quart port (SQLite, PostgreSQL) vs sync Flask reference and peers — {meta['date']} — "
+        f"{m['nproc']} × {m['cpu_model']} — "
         f"median of {meta['config']['repeat']} × {meta['config']['duration_s']} s, wrk -t1{pg_txt}",
         fontsize=11,
     )

@@ -1,6 +1,6 @@
 """The sync Flask-Login app exactly as the seed documents write it: the benchmark's baseline.
 
-Flask + Flask-Login + Flask-SQLAlchemy on SQLite, Werkzeug's default password
+Flask + Flask-Login + Flask-SQLAlchemy on SQLite (or PostgreSQL), Werkzeug's default password
 hashing (``generate_password_hash()`` with no method: scrypt in Werkzeug 3).
 It is the baseline, not a model, so the seeds' behaviour is kept on purpose:
 no CSRF, a GET logout, the unchecked ``next`` redirect, a failed form login
@@ -16,7 +16,10 @@ Departures, all without effect on what is measured:
 - Everything is in this one module (the seed spreads it over app.py,
   models.py and two blueprints), and the seed's hardcoded secret and database
   path are read from the environment:
-  ``FLASK_REF_SECRET_KEY`` and ``FLASK_REF_DATABASE`` (a SQLite file path).
+  ``FLASK_REF_SECRET_KEY`` and ``FLASK_REF_DATABASE`` (a SQLite file path),
+  or ``FLASK_REF_DATABASE_URL`` (any SQLAlchemy URL; the bench's PostgreSQL
+  variant uses ``postgresql+psycopg://...``, psycopg 3, with Flask-SQLAlchemy's
+  default pool), which wins when set.
 - The seed does not show its templates; the ones beside this file are minimal.
 
 Serve: ``gunicorn -w 2 -b 127.0.0.1:8001 app:app`` (from this folder).
@@ -37,7 +40,10 @@ from werkzeug.security import check_password_hash, generate_password_hash
 # -- app.py (seed 002) -------------------------------------------------------
 
 app = Flask(__name__)
-app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.abspath(os.environ.get("FLASK_REF_DATABASE", "blog.db"))
+# FLASK_REF_DATABASE_URL (e.g. postgresql+psycopg://user@host:port/db) wins; else the SQLite file FLASK_REF_DATABASE.
+app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("FLASK_REF_DATABASE_URL") or (
+    "sqlite:///" + os.path.abspath(os.environ.get("FLASK_REF_DATABASE", "blog.db"))
+)
 app.config["SECRET_KEY"] = os.environ.get("FLASK_REF_SECRET_KEY", "your-secret-key-here")
 db = SQLAlchemy(app)
 
