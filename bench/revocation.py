@@ -197,20 +197,25 @@ class Postgres:
             err = open(self.log, "ab")
             self.proc = subprocess.Popen(
                 ["bash", "-c", PG_WRAPPER, "pg-wrapper", str(helper)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True, bufsize=0,
             )
             err.close()
             _groups.append(self.proc.pid)
             found: dict[str, str] = {}
+            buf = b""
+            fd = self.proc.stdout.fileno()
             deadline = time.monotonic() + 180
             while len(found) < 2 and time.monotonic() < deadline:
-                ready, _, _ = select.select([self.proc.stdout], [], [], 1.0)
+                ready, _, _ = select.select([fd], [], [], 1.0)
                 if ready:
-                    line = self.proc.stdout.readline()
-                    if not line:
+                    chunk = os.read(fd, 4096)
+                    if not chunk:
                         break
-                    key, _, value = line.strip().partition(" ")
-                    found[key] = value
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        key, _, value = line.decode().strip().partition(" ")
+                        found[key] = value
                 elif self.proc.poll() is not None:
                     break
             if len(found) < 2:
@@ -695,7 +700,8 @@ def table(results: list[dict]) -> list[str]:
     ]
     for r in results:
         if r.get("status") != "ok":
-            rows.append(f"| {r['variant']} | not available: {r.get('reason', '?')} |||||||||||")
+            reason = " ".join(str(r.get("reason", "?")).split()).replace("|", "\\|")[:300]
+            rows.append(f"| {r['variant']} | {r['status']}: {reason} |||||||||||")
             continue
         lat, err, idle = r["latency"], r["errors"], r["idle"]
         other = err["unexpected_closes"] + err["close_not_1008"] + err["http"]
@@ -761,6 +767,10 @@ def main() -> int:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an extra app setting")
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "19300")))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--run-unsupported", action="store_true",
+        help="run pg-notify and redis even when the app has no SESSION_EVENTS setting (they then poll)",
+    )
     opts = parser.parse_args()
     opts.sockets = opts.sockets or (200 if opts.quick else 1000)
     opts.revocations = opts.revocations or (50 if opts.quick else 200)
@@ -799,7 +809,7 @@ def main() -> int:
                 pg = None
         for name in variants:
             log(f"--- {name}")
-            if name in ("pg-notify", "redis") and not supports_events:
+            if name in ("pg-notify", "redis") and not supports_events and not opts.run_unsupported:
                 reason = (
                     f"the app has no SESSION_EVENTS setting (QUART_APP_SESSION_EVENTS={EVENTS[name]} "
                     "would be ignored: it polls)"
@@ -812,7 +822,7 @@ def main() -> int:
                 continue
             try:
                 result = asyncio.run(run_variant(name, opts, project, venv, pg, raw))
-                if name in ("sqlite-poll", "pg-poll") and not supports_events:
+                if not supports_events:
                     result["note"] = "the app has no SESSION_EVENTS setting: today's polling"
                 results.append(result)
             except NotAvailable as exc:
