@@ -30,7 +30,7 @@ QUART_APP_MAIL_URL=off). Then:
    from the ``postgres`` database, so the probe itself is not counted) and the
    CPU time of both servers' process groups (and of PostgreSQL's processes,
    when the script started the cluster) over ``--idle-seconds``;
-4. revocations, one at a time with a random gap (0.1-0.4 s; quick 0.05-0.2 s), alternating
+4. revocations, one at a time with a random gap (0.05-0.3 s; quick 0.02-0.15 s), alternating
    ``POST /api/logout`` with the victim's own cookie and
    ``DELETE /api/sessions/<id>`` with its controller's cookie, both on A. The
    latency is from A's answer being received to the ``revoked`` message on
@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import datetime as dt
 import http.client
@@ -93,8 +94,8 @@ EVENTS = {"sqlite-poll": "poll", "pg-poll": "poll", "pg-notify": "postgres", "re
 UA = "bench"  # the same User-Agent for the logins and the sockets (session protection hashes it)
 AUTH_COOKIE = "quart_app_auth"
 PER_USER = 20  # socket sessions per user
-GAP = (0.1, 0.4)  # seconds between two revocations (--quick: QUICK_GAP)
-QUICK_GAP = (0.05, 0.2)
+GAP = (0.05, 0.3)  # seconds between two revocations (--quick: QUICK_GAP)
+QUICK_GAP = (0.02, 0.15)
 TARGET = "a revocation on one instance reaches a socket on another within 250 ms at p99; " \
     "open sockets cost no database query while nothing changes"
 NCPU = os.cpu_count() or 1
@@ -661,6 +662,13 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
                     "http": len(http_errors),
                 },
                 "http_errors": http_errors[:5],
+                # How the sockets that closed on their own closed (1006: dropped without a close frame).
+                "unexpected_close_codes": dict(
+                    collections.Counter(str(socks[i].close_code) for i in set(unexpected_close) - set(false_rev))
+                ),
+                "server_log_errors": {
+                    label: _log_errors(raw / f"revocation-{name}-{label}.log") for label in ("A", "B")
+                },
             }
         )
         result["errors_total"] = sum(result["errors"].values())
@@ -668,18 +676,34 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
         return result
     finally:
         closing = True  # noqa: F841  (read by watch() through the closure)
+        t_stop = time.monotonic()
         open_ws = [s.ws for s in socks if s.ws is not None]
         if open_ws:
             await asyncio.gather(*(ws.close() for ws in open_ws), return_exceptions=True)
         for s in socks:
             if s.task is not None:
                 s.task.cancel()
+        t_closed = time.monotonic()
         for proc in reversed(procs):
             stop(proc)
+        log(f"{name}: sockets closed in {t_closed - t_stop:.1f} s, servers stopped in {time.monotonic() - t_closed:.1f} s")
         pool.shutdown(wait=False, cancel_futures=True)
         if dbname and pg is not None:
             pg.drop_db(dbname)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _log_errors(path: Path) -> dict[str, int]:
+    """The server log's ERROR lines and tracebacks' last lines, counted (what went wrong in the app, if anything)."""
+    found: collections.Counter = collections.Counter()
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        if "ERROR" in line or "WARNING" in line:
+            found[line.split("]", 2)[-1].strip()[:120] if "]" in line else line[:120]] += 1
+    return dict(found.most_common(5))
 
 
 def _r(x: float | None) -> float | None:
@@ -727,7 +751,8 @@ def write_report(out: Path, meta: dict, results: list[dict]) -> None:
         f"{meta['sockets']} sockets on instance B, {meta['revocations']} revocations on A "
         f"(alternately `POST /api/logout` and `DELETE /api/sessions/<id>`), "
         f"idle window {meta['idle_seconds']} s, timeout {meta['timeout']} s; "
-        f"{'quick run' if meta['quick'] else 'full run'}, {meta['elapsed_s']} s. "
+        f"{'quick run' if meta['quick'] else 'full run'}, {meta['elapsed_s']} s; "
+        f"load average {meta['loadavg_start'][0]} at the start, {meta['loadavg_end'][0]} at the end. "
         f"Command: `{meta['command']}`.",
         "",
         *table(results),
@@ -748,6 +773,26 @@ def write_report(out: Path, meta: dict, results: list[dict]) -> None:
                 for k, v in r["latency_by_kind"].items()
             ]
             lines.append(f"- {r['variant']}: " + "; ".join(parts) + f"; A's answer p50 {fmt(r['http_ms_p50'])} ms")
+    problems = []
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        closes = r.get("unexpected_close_codes") or {}
+        logged = {k: v for k, v in (r.get("server_log_errors") or {}).items() if v}
+        if closes or logged or r.get("http_errors"):
+            what = []
+            if closes:
+                what.append("sockets closed unasked, by close code: " + ", ".join(f"{k}: {v}" for k, v in closes.items()))
+            for label, found in logged.items():
+                what.append(f"instance {label} logged " + "; ".join(f"{n}× `{line}`" for line, n in found.items()))
+            if r.get("http_errors"):
+                what.append("refused calls: " + "; ".join(r["http_errors"]))
+            problems.append(f"- {r['variant']}: " + ". ".join(what))
+    if problems:
+        lines += ["", "Problems seen:", "", *problems]
+    notes = [f"- {r['variant']}: {r['note']}" for r in results if r.get("note")]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
     (out / "revocation.md").write_text("\n".join(lines) + "\n")
 
 
@@ -795,6 +840,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _term)
     started = time.monotonic()
+    load_start = [round(x, 1) for x in os.getloadavg()]
     results: list[dict] = []
     pg: Postgres | None = None
     pg_problem = ""
@@ -863,6 +909,8 @@ def main() -> int:
         "timeout": opts.timeout,
         "quick": opts.quick,
         "elapsed_s": round(time.monotonic() - started, 1),
+        "loadavg_start": load_start,
+        "loadavg_end": [round(x, 1) for x in os.getloadavg()],
         "command": " ".join(["bench/revocation.py", *sys.argv[1:]]),
         "target": TARGET,
     }
