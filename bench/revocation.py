@@ -96,8 +96,10 @@ AUTH_COOKIE = "quart_app_auth"
 PER_USER = 20  # socket sessions per user
 GAP = (0.05, 0.3)  # seconds between two revocations (--quick: QUICK_GAP)
 QUICK_GAP = (0.02, 0.15)
-TARGET = "a revocation on one instance reaches a socket on another within 250 ms at p99; " \
+TARGET = (
+    "a revocation on one instance reaches a socket on another within 250 ms at p99; "
     "open sockets cost no database query while nothing changes"
+)
 NCPU = os.cpu_count() or 1
 
 _groups: list[int] = []  # process groups we started, stopped in main()'s finally
@@ -119,7 +121,12 @@ def spawn(cmd: list[str], *, cwd: Path, env: dict[str, str], logfile: Path) -> s
         out.write(f"\n=== {time.ctime()} {' '.join(cmd)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     _groups.append(proc.pid)
@@ -199,7 +206,11 @@ class Postgres:
             err = open(self.log, "ab")
             self.proc = subprocess.Popen(
                 ["bash", "-c", PG_WRAPPER, "pg-wrapper", str(helper)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True, bufsize=0,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
+                bufsize=0,
             )
             err.close()
             _groups.append(self.proc.pid)
@@ -241,7 +252,9 @@ class Postgres:
     def sql(self, db: str, query: str) -> str:
         out = subprocess.run(
             [self.psql, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.libpq_url(db), "-c", query],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         if out.returncode != 0:
             raise RuntimeError(f"psql {query!r}: {out.stderr.strip()}")
@@ -362,8 +375,22 @@ def probe_project(project: Path, venv: Path) -> dict:
 
 
 class Sock:
-    __slots__ = ("idx", "user", "cookie", "ws", "task", "victim", "t0", "revoked_at", "closed_at", "close_code",
-                 "events", "kind", "http_ms", "done")
+    __slots__ = (
+        "idx",
+        "user",
+        "cookie",
+        "ws",
+        "task",
+        "victim",
+        "t0",
+        "revoked_at",
+        "closed_at",
+        "close_code",
+        "events",
+        "kind",
+        "http_ms",
+        "done",
+    )
 
     def __init__(self, idx: int, user: int, cookie: str) -> None:
         self.idx, self.user, self.cookie = idx, user, cookie
@@ -427,8 +454,13 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
             env["QUART_APP_REDIS_URL"] = rurl
         env.update(dict(pair.split("=", 1) for pair in opts.env))
         result["env"] = {k: v for k, v in env.items() if k.startswith("QUART_APP_") and k != "QUART_APP_SECRET_KEY"}
-        mig = subprocess.run(
-            [str(venv / "bin" / "alembic"), "upgrade", "head"], cwd=project, env=env, capture_output=True, text=True,
+        mig = await asyncio.to_thread(
+            subprocess.run,
+            [str(venv / "bin" / "alembic"), "upgrade", "head"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
             timeout=300,
         )
         if mig.returncode != 0:
@@ -440,8 +472,14 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
         for label in ("A", "B"):
             port = free_port(port)
             ports.append(port)
-            cmd = [str(venv / "bin" / "hypercorn"), "-c", "hypercorn.toml", "--bind", f"127.0.0.1:{port}",
-                   "quart_app:create_app()"]
+            cmd = [
+                str(venv / "bin" / "hypercorn"),
+                "-c",
+                "hypercorn.toml",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "quart_app:create_app()",
+            ]
             logfile = raw / f"revocation-{name}-{label}.log"
             logfile.write_bytes(b"")
             procs.append(spawn(cmd, cwd=project, env=env, logfile=logfile))
@@ -483,7 +521,10 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
             uname, pw = users[u]
             async with sem:
                 status, text, cookie, _ = await call(
-                    port_a, "POST", "/api/register", {"username": uname, "email": f"{uname}@example.org", "password": pw}
+                    port_a,
+                    "POST",
+                    "/api/register",
+                    {"username": uname, "email": f"{uname}@example.org", "password": pw},
                 )
             if status != 201 or not cookie:
                 raise RuntimeError(f"register {uname}: {status} {text[:200]}")
@@ -542,11 +583,15 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
                     s.ws = await ws_connect(
                         f"ws://127.0.0.1:{port_b}/ws/session",
                         additional_headers={"Cookie": f"{AUTH_COOKIE}={s.cookie}"},
-                        user_agent_header=UA, compression=None, ping_interval=None, open_timeout=30,
-                        close_timeout=5, max_queue=4,
+                        user_agent_header=UA,
+                        compression=None,
+                        ping_interval=None,
+                        open_timeout=30,
+                        close_timeout=5,
+                        max_queue=4,
                     )
                     hello = json.loads(await asyncio.wait_for(s.ws.recv(), 30))
-                except (OSError, asyncio.TimeoutError, ConnectionClosed, websockets.InvalidHandshake, ValueError) as exc:
+                except (TimeoutError, OSError, ConnectionClosed, websockets.InvalidHandshake, ValueError) as exc:
                     open_errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     return
             if hello.get("event") != "hello":
@@ -556,17 +601,19 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
 
         await asyncio.gather(*(open_one(s) for s in socks))
         if open_errors:
-            raise RuntimeError(f"{len(open_errors)} of {n_socks} sockets failed to open or say hello: {open_errors[:3]}")
+            raise RuntimeError(
+                f"{len(open_errors)} of {n_socks} sockets failed to open or say hello: {open_errors[:3]}"
+            )
         result["open_s"] = round(time.monotonic() - t_open, 1)
         log(f"{name}: {n_socks} sockets open on B, every one said hello ({result['open_s']} s)")
 
         # ---- idle cost ---------------------------------------------------------------------------
         await asyncio.sleep(opts.settle)
         idle = opts.idle_seconds
-        x0 = pg.xacts(dbname) if dbname else None
+        x0 = await asyncio.to_thread(pg.xacts, dbname) if dbname else None
         c0, d0, t0 = server_cpu(), db_cpu(), time.monotonic()
         await asyncio.sleep(idle)
-        x1 = pg.xacts(dbname) if dbname else None
+        x1 = await asyncio.to_thread(pg.xacts, dbname) if dbname else None
         c1, d1, t1 = server_cpu(), db_cpu(), time.monotonic()
         span = t1 - t0
         result["idle"] = {
@@ -618,7 +665,7 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
             if left > 0 and not s.done.is_set():
                 try:
                     await asyncio.wait_for(s.done.wait(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         await asyncio.sleep(0.5)  # a false revocation close behind the last one is still seen
 
@@ -686,7 +733,10 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
         t_closed = time.monotonic()
         for proc in reversed(procs):
             stop(proc)
-        log(f"{name}: sockets closed in {t_closed - t_stop:.1f} s, servers stopped in {time.monotonic() - t_closed:.1f} s")
+        log(
+            f"{name}: sockets closed in {t_closed - t_stop:.1f} s, "
+            f"servers stopped in {time.monotonic() - t_closed:.1f} s"
+        )
         pool.shutdown(wait=False, cancel_futures=True)
         if dbname and pg is not None:
             pg.drop_db(dbname)
@@ -782,7 +832,9 @@ def write_report(out: Path, meta: dict, results: list[dict]) -> None:
         if closes or logged or r.get("http_errors"):
             what = []
             if closes:
-                what.append("sockets closed unasked, by close code: " + ", ".join(f"{k}: {v}" for k, v in closes.items()))
+                what.append(
+                    "sockets closed unasked, by close code: " + ", ".join(f"{k}: {v}" for k, v in closes.items())
+                )
             for label, found in logged.items():
                 what.append(f"instance {label} logged " + "; ".join(f"{n}× `{line}`" for line, n in found.items()))
             if r.get("http_errors"):
@@ -814,7 +866,8 @@ def main() -> int:
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "19300")))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--run-unsupported", action="store_true",
+        "--run-unsupported",
+        action="store_true",
         help="run pg-notify and redis even when the app has no SESSION_EVENTS setting (they then poll)",
     )
     opts = parser.parse_args()
@@ -896,7 +949,7 @@ def main() -> int:
     except OSError:
         pass
     meta = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{NCPU} cores, {cpu_model or platform.machine()}, {platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "websockets": websockets.__version__,
