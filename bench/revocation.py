@@ -37,7 +37,12 @@ QUART_APP_MAIL_URL=off). Then:
    the victim's socket on B (one monotonic clock, one process). The socket
    must then close with 1008; any other socket receiving ``revoked`` or
    closing is an error (false revocation, unexpected close); a victim not
-   told within ``--timeout`` seconds is missed.
+   told within ``--timeout`` seconds is missed. Then the fan-out:
+   ``--fanout`` users (4; quick 2) lose every other session at once,
+   alternately by ``POST /api/sessions/revoke-others`` and ``POST
+   /api/password`` (a password change) with the controller's cookie on A;
+   each of their sockets is timed the same way (reported by kind, not in
+   the headline figures).
 
 PostgreSQL: ``BENCH_PG_URL`` (a server URL; a fresh database is created in it
 per variant and dropped after) or, without it, a private cluster from
@@ -269,10 +274,12 @@ class Postgres:
         except (RuntimeError, subprocess.SubprocessError) as exc:
             log(f"could not drop {name}: {exc}")
 
-    def xacts(self, db: str) -> int:
+    def xacts(self, db: str) -> tuple[int, int]:
+        """(commits, rollbacks) in database ``db`` so far."""
         # From the postgres database: this probe's own transaction is not counted in db's.
-        out = self.sql("postgres", f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'")
-        return int(out.strip())
+        out = self.sql("postgres", f"SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = '{db}'")
+        commits, rollbacks = out.strip().split("|")
+        return int(commits), int(rollbacks)
 
     def cpu(self) -> float:
         return tree_cpu_seconds(self.postmaster) if self.postmaster else 0.0
@@ -618,7 +625,9 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
         span = t1 - t0
         result["idle"] = {
             "seconds": round(span, 2),
-            "transactions_per_s": round((x1 - x0) / span, 1) if dbname else None,
+            "transactions_per_s": round((sum(x1) - sum(x0)) / span, 1) if dbname else None,
+            "commits_per_s": round((x1[0] - x0[0]) / span, 1) if dbname else None,
+            "rollbacks_per_s": round((x1[1] - x0[1]) / span, 1) if dbname else None,
             "server_cpu_pct": round(100 * (c1 - c0) / span, 1),
             "db_cpu_pct": round(100 * (d1 - d0) / span, 1) if (dbname and pg.postmaster) else None,
         }
@@ -657,8 +666,43 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
             s.t0 = received
             s.http_ms = 1000 * (received - t_sent)
             await asyncio.sleep(rng.uniform(*(QUICK_GAP if opts.quick else GAP)))
+        # Fan-out: one call on A ends every other session of a user (up to PER_USER - 1 sockets on B at once).
+        fan_kinds = ["revoke-others", "password"]
+        fan_targets: list[Sock] = []
+        for j, u in enumerate(rng.sample(range(n_users), min(opts.fanout, n_users))):
+            kind = fan_kinds[j % len(fan_kinds)]
+            targets = [s for s in socks if s.user == u and s.task is not None and not s.victim]
+            for s in targets:
+                s.victim, s.kind = True, kind
+            t_sent = time.monotonic()
+            if kind == "revoke-others":
+                status, text, _, received = await call(
+                    port_a, "POST", "/api/sessions/revoke-others", cookie=controllers[u]
+                )
+            else:
+                new_pw = f"changed-{u:04d}-{salt}-y"
+                status, text, cookie, received = await call(
+                    port_a,
+                    "POST",
+                    "/api/password",
+                    {"current_password": users[u][1], "new_password": new_pw},
+                    cookie=controllers[u],
+                )
+                if status == 204:
+                    users[u] = (users[u][0], new_pw)
+                    controllers[u] = cookie or controllers[u]  # the caller's session is re-issued
+            if status != 204:
+                http_errors.append(f"{kind}: {status} {text[:100]}")
+                for s in targets:
+                    s.victim = False
+                continue
+            for s in targets:
+                s.t0, s.http_ms = received, 1000 * (received - t_sent)
+            fan_targets += targets
+            await asyncio.sleep(rng.uniform(*(QUICK_GAP if opts.quick else GAP)))
+
         # Every victim told, or its timeout passed.
-        for s in victims:
+        for s in victims + fan_targets:
             if s.t0 is None:
                 continue
             left = s.t0 + opts.timeout - time.monotonic()
@@ -669,9 +713,9 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
                     pass
         await asyncio.sleep(0.5)  # a false revocation close behind the last one is still seen
 
-        lat: dict[str, list[float]] = {k: [] for k in kinds}
+        lat: dict[str, list[float]] = {k: [] for k in kinds + fan_kinds}
         missed = bad_close = 0
-        for s in victims:
+        for s in victims + fan_targets:
             if s.t0 is None:
                 continue
             if s.revoked_at is None or s.revoked_at - s.t0 > opts.timeout:
@@ -698,6 +742,8 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
                 "sockets": n_socks,
                 "users": n_users,
                 "revocations": sum(1 for s in victims if s.t0 is not None),
+                "fanout_sockets": sum(1 for s in fan_targets if s.t0 is not None),
+                "latency_fanout": summary(lat["revoke-others"] + lat["password"]),
                 "latency": summary(every),
                 "latency_by_kind": {k: summary(v) for k, v in lat.items()},
                 "http_ms_p50": _r(pct([s.http_ms for s in victims if s.http_ms is not None], 50)),
@@ -800,6 +846,8 @@ def write_report(out: Path, meta: dict, results: list[dict]) -> None:
         f"({meta['project']['branch']}: {meta['project']['subject']}); "
         f"{meta['sockets']} sockets on instance B, {meta['revocations']} revocations on A "
         f"(alternately `POST /api/logout` and `DELETE /api/sessions/<id>`), "
+        f"then {meta['fanout']} users' other sessions at once (alternately `POST /api/sessions/revoke-others` "
+        f"and `POST /api/password`: the *fan-out* kinds, not in the table), "
         f"idle window {meta['idle_seconds']} s, timeout {meta['timeout']} s; "
         f"{'quick run' if meta['quick'] else 'full run'}, {meta['elapsed_s']} s; "
         f"load average {meta['loadavg_start'][0]} at the start, {meta['loadavg_end'][0]} at the end. "
@@ -822,7 +870,16 @@ def write_report(out: Path, meta: dict, results: list[dict]) -> None:
                 f"{k} {fmt(v['p50_ms'])} / {fmt(v['p99_ms'])} / {fmt(v['max_ms'])} (n={v['count']})"
                 for k, v in r["latency_by_kind"].items()
             ]
-            lines.append(f"- {r['variant']}: " + "; ".join(parts) + f"; A's answer p50 {fmt(r['http_ms_p50'])} ms")
+            idle = r["idle"]
+            split = ""
+            if idle.get("commits_per_s") is not None:
+                split = (
+                    f"; idle transactions {fmt(idle['commits_per_s'])}/s commits"
+                    f" + {fmt(idle['rollbacks_per_s'])}/s rollbacks"
+                )
+            lines.append(
+                f"- {r['variant']}: " + "; ".join(parts) + f"; A's answer p50 {fmt(r['http_ms_p50'])} ms" + split
+            )
     problems = []
     for r in results:
         if r.get("status") != "ok":
@@ -866,6 +923,12 @@ def main() -> int:
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "19300")))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--fanout",
+        type=int,
+        help="users whose other sessions all end at once, alternately by revoke-others and a password change "
+        "(default 4, quick 2)",
+    )
+    parser.add_argument(
         "--run-unsupported",
         action="store_true",
         help="run pg-notify and redis even when the app has no SESSION_EVENTS setting (they then poll)",
@@ -874,6 +937,7 @@ def main() -> int:
     opts.sockets = opts.sockets or (200 if opts.quick else 1000)
     opts.revocations = opts.revocations or (50 if opts.quick else 200)
     opts.idle_seconds = opts.idle_seconds or (5.0 if opts.quick else 10.0)
+    opts.fanout = (2 if opts.quick else 4) if opts.fanout is None else opts.fanout
     variants = VARIANTS if (not opts.variant or "all" in opts.variant) else list(dict.fromkeys(opts.variant))
     project = opts.project.resolve()
     venv = Path(os.environ.get("BENCH_PORT_VENV", project / ".venv"))
@@ -959,6 +1023,7 @@ def main() -> int:
         "sockets": opts.sockets,
         "revocations": opts.revocations,
         "idle_seconds": opts.idle_seconds,
+        "fanout": opts.fanout,
         "timeout": opts.timeout,
         "quick": opts.quick,
         "elapsed_s": round(time.monotonic() - started, 1),
