@@ -639,11 +639,16 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
         # ---- revocations --------------------------------------------------------------------------
         candidates = [s for s in socks if s.task is not None]
         rng.shuffle(candidates)
-        victims = candidates[: min(opts.revocations, len(candidates))]
+        victims: list[Sock] = []
         http_errors: list[str] = []
         kinds = ["logout", "revoke"]
-        for i, s in enumerate(victims):
-            kind = kinds[i % len(kinds)]
+        for s in candidates:
+            if len(victims) >= opts.revocations:
+                break
+            if s.closed_at is not None:  # closed unasked already (counted): not a victim
+                continue
+            victims.append(s)
+            kind = kinds[(len(victims) - 1) % len(kinds)]
             s.kind = kind
             if kind == "revoke":
                 status, text, _, _ = await call(port_a, "GET", "/api/sessions", cookie=s.cookie)
@@ -673,7 +678,7 @@ async def run_variant(name: str, opts, project: Path, venv: Path, pg: Postgres |
         fan_targets: list[Sock] = []
         for j, u in enumerate(rng.sample(range(n_users), min(opts.fanout, n_users))):
             kind = fan_kinds[j % len(fan_kinds)]
-            targets = [s for s in socks if s.user == u and s.task is not None and not s.victim]
+            targets = [s for s in socks if s.user == u and s.task is not None and not s.victim and s.closed_at is None]
             for s in targets:
                 s.victim, s.kind = True, kind
             t_sent = time.monotonic()
