@@ -50,10 +50,12 @@ from quart_login.store import new_token
 CHUNK = 100_000
 USER_AGENTS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_7_1) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_7_1) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 "
+    "Safari/605.1.15",
     "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
-    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
+    "Mobile Safari/537.36",
     "python-requests/2.32.3",
 )
 USER_COLUMNS = ("id", "username", "email", "password_hash", "is_active", "created_at", "email_key", "email_verified")
@@ -172,8 +174,7 @@ def seed_sqlite(path: str, users: int, sessions: int, rng: random.Random) -> dic
         timings["users_s"] = time.monotonic() - t0
         t0 = time.monotonic()
         sql = (
-            f"INSERT INTO auth_sessions ({', '.join(SESSION_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(SESSION_COLUMNS))})"
+            f"INSERT INTO auth_sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(SESSION_COLUMNS))})"
         )
         for rows in session_rows(sessions, first_session, (first_user, first_user + users - 1), now, rng):
             conn.execute("BEGIN")
