@@ -33,8 +33,8 @@ it (``fsync``, ``synchronous_commit``, ``full_page_writes`` on,
 ``shared_buffers`` 128MB or ``BENCH_PG_SHARED_BUFFERS``); stopped and deleted
 at the end. Its CPU (postmaster and backends) is reported beside the app's.
 
-``--quick``: 100,000 rows, 2 rounds of 2 s. Full: 1,000,000 rows, 5 rounds of
-5 s. Writes ``OUT/scale.json`` and ``OUT/scale.md`` (default ``bench/results``).
+``--quick``: 100,000 rows, 2 rounds of 2 s. Full: 1,000,000 rows, 8 rounds of
+3 s (as bench/ab.py). Writes ``OUT/scale.json`` and ``OUT/scale.md`` (default ``bench/results``).
 Ports from ``BENCH_SCALE_PORT_BASE`` (20300). Every server binds 127.0.0.1, in
 its own process group, stopped (SIGTERM, then SIGKILL) however the run ends.
 """
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import datetime as dt
 import json
 import os
@@ -82,6 +83,7 @@ def probe(url: str, ident: str, loops: int) -> dict:
         # _FOR_LOGIN has bound literals of its own (the subquery's LIMIT 1): their values, then ours.
         defaults = _FOR_LOGIN.compile(dialect=dialect).params
         return raw.params(**{**defaults, "ident": ident, "email_key": email_key(ident)})
+
     now = utcnow()
     out: dict = {}
 
@@ -196,8 +198,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (databases, logs)")
     opts = parser.parse_args()
     opts.rows = opts.rows if opts.rows is not None else (100_000 if opts.quick else 1_000_000)
-    opts.rounds = opts.rounds or (2 if opts.quick else 5)
-    opts.seconds = opts.seconds or (2 if opts.quick else 5)
+    opts.rounds = opts.rounds or (2 if opts.quick else 8)
+    opts.seconds = opts.seconds or (2 if opts.quick else 3)
     opts.project = opts.project.resolve()
     opts.out = opts.out.resolve()
     return opts
@@ -497,7 +499,9 @@ class Run:
             servers[side] = srv
         for srv in servers.values():
             srv.wait_ready()
-        args = {side: self.prepare(srv, f"{backend}-{side}") for side, srv in servers.items()}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both sides at once (each hashes 64 passwords)
+            futures = {side: pool.submit(self.prepare, srv, f"{backend}-{side}") for side, srv in servers.items()}
+            args = {side: future.result() for side, future in futures.items()}
         report["setup_s"] = round(time.monotonic() - t_setup, 1)
         self.log(f"{backend}: {self.ab.USERS} users registered on both; warming up")
         conns = self.results["meta"]["conns"]
@@ -505,8 +509,10 @@ class Run:
             for side, srv in servers.items():
                 self.measure(srv, args[side][scenario], conns[scenario], 2)
         runs = {s: {"small": [], "large": []} for s in ("protected", "login")}
+        loads = []
         for rnd in range(self.opts.rounds):
             self.h.wait_idle(3)
+            loads.append(round(os.getloadavg()[0], 2))
             for k, scenario in enumerate(("protected", "login")):
                 order = ("small", "large") if (rnd + k) % 2 == 0 else ("large", "small")
                 for side in order:
@@ -520,6 +526,7 @@ class Run:
                 )
         for srv in servers.values():
             srv.stop()
+        report["loadavg_per_round"] = loads
         report["scenarios"] = {}
         for scenario, sides in runs.items():
             ratios = [
@@ -527,7 +534,17 @@ class Run:
                 for sm, lg in zip(sides["small"], sides["large"], strict=True)
                 if sm["rps"]
             ]
-            entry = {"ratio": round(statistics.median(ratios), 3) if ratios else None, "round_ratios": ratios}
+            cpu = lambda x: x["cpu_us"] + x["db_cpu_us"]  # noqa: E731
+            cpu_ratios = [
+                round(cpu(lg) / cpu(sm), 3) for sm, lg in zip(sides["small"], sides["large"], strict=True) if cpu(sm)
+            ]
+            entry = {
+                "ratio": round(statistics.median(ratios), 3) if ratios else None,
+                "round_ratios": ratios,
+                # Server CPU (app + database) per request, large / small: less disturbed by a busy machine.
+                "cpu_ratio": round(statistics.median(cpu_ratios), 3) if cpu_ratios else None,
+                "round_cpu_ratios": cpu_ratios,
+            }
             for side, r in sides.items():
                 entry[side] = {
                     "rps": round(statistics.median(x["rps"] for x in r), 1),
@@ -581,7 +598,9 @@ class Run:
 
 
 def _mib(n) -> str:
-    return f"{n / 2**20:,.0f} MiB" if isinstance(n, int | float) else "?"
+    if not isinstance(n, int | float):
+        return "?"
+    return f"{n / 2**20:,.0f} MiB" if n >= 10 * 2**20 else f"{n / 2**20:.1f} MiB"
 
 
 def render(results: dict) -> str:
@@ -603,12 +622,12 @@ def render(results: dict) -> str:
         "CPU in µs per request (app = hypercorn's processes; db = PostgreSQL's, both databases' cluster).",
         "",
         "| backend | scenario | small /s | large /s | ratio (rounds) | target | p99 small / large |"
-        " errors small / large | CPU µs/req small / large |",
-        "| --- | --- | ---: | ---: | --- | --- | --- | --- | --- |",
+        " errors small / large | CPU µs/req small / large | CPU/req ratio |",
+        "| --- | --- | ---: | ---: | --- | --- | --- | --- | --- | ---: |",
     ]
     for backend, rep in results["backends"].items():
         if "error" in rep:
-            lines.append(f"| {backend} | FAILED | | | | | | | |")
+            lines.append(f"| {backend} | FAILED | | | | | | | | |")
             continue
         for scenario, e in rep["scenarios"].items():
             s, lg = e["small"], e["large"]
@@ -616,13 +635,24 @@ def render(results: dict) -> str:
             lines.append(
                 f"| {backend} | {scenario} | {s['rps']:,.1f} | {lg['rps']:,.1f} | **{e['ratio']:.2f}** "
                 f"({', '.join(f'{r:.2f}' for r in e['round_ratios'])}) | {'met' if e['within_target'] else 'MISSED'} "
-                f"| {s['p99_ms']:.1f} / {lg['p99_ms']:.1f} ms | {s['errors']} / {lg['errors']} | {cpu(s)} / {cpu(lg)} |"
+                f"| {s['p99_ms']:.1f} / {lg['p99_ms']:.1f} ms | {s['errors']} / {lg['errors']} | {cpu(s)} / {cpu(lg)} "
+                f"| {e['cpu_ratio']:.2f} |"
             )
+    loads = [
+        f"{backend} {', '.join(f'{x:.1f}' for x in rep['loadavg_per_round'])}"
+        for backend, rep in results["backends"].items()
+        if "loadavg_per_round" in rep
+    ]
+    if loads:
+        lines += [
+            "",
+            f"Load average (1 min) at the start of each round: {'; '.join(loads)} (on {m.get('nproc')} cores).",
+        ]
     lines += [
         "",
         "## The databases",
         "",
-        "| backend | side | users | sessions (live) | size | seeding (users + sessions + ANALYZE) |",
+        "| backend | side | users | sessions (live) | size | seeding: wall (users + sessions + ANALYZE/VACUUM) |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for backend, rep in results["backends"].items():
