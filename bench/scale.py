@@ -170,6 +170,20 @@ def probe(url: str, ident: str, loops: int) -> dict:
                     blocks.append((time.perf_counter() - t0) / 50 * 1e6)
                 times[name] = round(statistics.median(blocks), 1)
             out["us_per_lookup"] = times
+            # The server's own share, steadier than a round trip on a busy machine: the median
+            # "Execution Time" of EXPLAIN ANALYZE over 200 runs, and the buffers one run touches.
+            server = {}
+            for name, stmt, params in (("session lookup", resolve, rp), ("login lookup", login, lp)):
+                samples, buffers = [], None
+                for _ in range(200):
+                    doc = await conn.fetchval(
+                        "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON, FORMAT JSON) " + stmt.sql, *params
+                    )
+                    top = (json.loads(doc) if isinstance(doc, str) else doc)[0]
+                    samples.append(top["Execution Time"] * 1000)
+                    buffers = top["Plan"].get("Shared Hit Blocks", 0) + top["Plan"].get("Shared Read Blocks", 0)
+                server[name] = {"execution_us": round(statistics.median(samples), 1), "buffers": buffers}
+            out["server_side"] = server
         finally:
             await conn.close()
         return out
@@ -687,6 +701,26 @@ def render(results: dict) -> str:
                 f"| {backend} | {name} | {rep['probe']['small']['us_per_lookup'][name]} "
                 f"| {rep['probe']['large']['us_per_lookup'][name]} |"
             )
+    server_side = [
+        (backend, rep["probe"])
+        for backend, rep in results["backends"].items()
+        if "server_side" in rep.get("probe", {}).get("large", {})
+    ]
+    if server_side:
+        lines += [
+            "",
+            "PostgreSQL's own share (median `Execution Time` of `EXPLAIN ANALYZE` over 200 runs; "
+            "buffers one run touches):",
+            "",
+            "| lookup | small µs (buffers) | large µs (buffers) |",
+            "| --- | ---: | ---: |",
+        ]
+        for _, probe in server_side:
+            for name in ("session lookup", "login lookup"):
+                sm, lg = probe["small"]["server_side"][name], probe["large"]["server_side"][name]
+                lines.append(
+                    f"| {name} | {sm['execution_us']} ({sm['buffers']}) | {lg['execution_us']} ({lg['buffers']}) |"
+                )
     for backend, rep in results["backends"].items():
         if "error" in rep:
             lines += ["", f"### {backend}: FAILED", "", "```", rep["error"], "```"]
