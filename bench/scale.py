@@ -93,10 +93,10 @@ def probe(url: str, ident: str, loops: int) -> dict:
             run()
         blocks = []
         for _ in range(max(1, n // 50)):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for _ in range(50):
                 run()
-            blocks.append((time.perf_counter() - t0) / 50 * 1e6)
+            blocks.append((time.thread_time() - t0) / 50 * 1e6)
         return round(statistics.median(blocks), 1)
 
     if url.startswith("sqlite"):
@@ -175,7 +175,7 @@ def probe(url: str, ident: str, loops: int) -> dict:
             server = {}
             for name, stmt, params in (("session lookup", resolve, rp), ("login lookup", login, lp)):
                 samples, buffers = [], None
-                for _ in range(200):
+                for _ in range(20):
                     doc = await conn.fetchval(
                         "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON, FORMAT JSON) " + stmt.sql, *params
                     )
@@ -191,7 +191,131 @@ def probe(url: str, ident: str, loops: int) -> dict:
     return asyncio.run(pg())
 
 
+def probe_pair(urls: dict[str, str], ident: str, loops: int) -> dict:
+    """The two lookups on small and large in alternating blocks of 50: medians and the median per-block ratio.
+
+    SQLite: the thread's CPU time (sqlite3 runs in it), so a busy machine's waits do not count.
+    PostgreSQL: the round trip (asyncpg, prepared, as the app's raw lookup), and the server's own
+    ``Execution Time`` (EXPLAIN ANALYZE), each alternating small and large.
+    """
+    from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+    from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+
+    from quart_app.auth.service import _FOR_LOGIN
+    from quart_app.auth.validation import email_key
+    from quart_app.models import AuthSession, User
+    from quart_login import utcnow
+    from quart_login.sqlalchemy_store import SQLAlchemyAuthSessionStore, compile_raw
+
+    store = SQLAlchemyAuthSessionStore(AuthSession, User, sessionmaker=lambda: None)
+    now = utcnow()
+    names = ("session lookup", "login lookup")
+    sides = ("small", "large")
+
+    def summary(blocks: dict[str, list[float]]) -> dict:
+        ratios = [lg / sm for sm, lg in zip(blocks["small"], blocks["large"], strict=True) if sm]
+        return {
+            "small_us": round(statistics.median(blocks["small"]), 2),
+            "large_us": round(statistics.median(blocks["large"]), 2),
+            "ratio": round(statistics.median(ratios), 3),
+            "blocks": len(ratios),
+        }
+
+    def statements(dialect):
+        resolve = store.compile_for(dialect)["resolve"]
+        login = compile_raw(_FOR_LOGIN, dialect)
+        defaults = _FOR_LOGIN.compile(dialect=dialect).params
+        return resolve, login, {**defaults, "ident": ident, "email_key": email_key(ident)}
+
+    if urls["small"].startswith("sqlite"):
+        import sqlite3
+
+        resolve, login, login_values = statements(sqlite_dialect())
+        conns = {side: sqlite3.connect(urls[side].split(":///", 1)[1]) for side in sides}
+        try:
+            work = {}
+            for side, conn in conns.items():
+                digest = conn.execute("SELECT token_hash FROM auth_sessions ORDER BY id DESC LIMIT 1").fetchone()[0]
+                work[side] = {
+                    "session lookup": (resolve.sql, resolve.params(digest=digest, now=now)),
+                    "login lookup": (login.sql, login.params(**login_values)),
+                }
+            out = {"clock": "thread CPU time"}
+            for name in names:
+                blocks = {side: [] for side in sides}
+                for side in sides:
+                    sql, params = work[side][name]
+                    for _ in range(100):
+                        conns[side].execute(sql, params).fetchone()
+                for k in range(max(2, loops // 50)):
+                    for side in sides if k % 2 == 0 else sides[::-1]:
+                        sql, params = work[side][name]
+                        execute = conns[side].execute
+                        t0 = time.thread_time()
+                        for _ in range(50):
+                            execute(sql, params).fetchone()
+                        blocks[side].append((time.thread_time() - t0) / 50 * 1e6)
+                out[name] = summary(blocks)
+            return out
+        finally:
+            for conn in conns.values():
+                conn.close()
+
+    import asyncpg
+
+    async def pg() -> dict:
+        resolve, login, login_values = statements(asyncpg_dialect())
+        conns = {
+            side: await asyncpg.connect(urls[side].replace("postgresql+asyncpg://", "postgresql://", 1))
+            for side in sides
+        }
+        try:
+            work = {}
+            for side, conn in conns.items():
+                digest = await conn.fetchval("SELECT token_hash FROM auth_sessions ORDER BY id DESC LIMIT 1")
+                work[side] = {
+                    "session lookup": (resolve.sql, resolve.params(digest=digest, now=now)),
+                    "login lookup": (login.sql, login.params(**login_values)),
+                }
+            out = {"clock": "wall (round trip)", "server": {}}
+            for name in names:
+                blocks = {side: [] for side in sides}
+                server = {side: [] for side in sides}
+                for side in sides:
+                    sql, params = work[side][name]
+                    for _ in range(100):
+                        await conns[side].fetchrow(sql, *params)
+                for k in range(max(2, loops // 50)):
+                    for side in sides if k % 2 == 0 else sides[::-1]:
+                        sql, params = work[side][name]
+                        conn = conns[side]
+                        t0 = time.perf_counter()
+                        for _ in range(50):
+                            await conn.fetchrow(sql, *params)
+                        blocks[side].append((time.perf_counter() - t0) / 50 * 1e6)
+                for k in range(200):
+                    for side in sides if k % 2 == 0 else sides[::-1]:
+                        sql, params = work[side][name]
+                        doc = await conns[side].fetchval(
+                            "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON, FORMAT JSON) " + sql, *params
+                        )
+                        top = (json.loads(doc) if isinstance(doc, str) else doc)[0]
+                        server[side].append(top["Execution Time"] * 1000)
+                out[name] = summary(blocks)
+                out["server"][name] = summary(server)
+            return out
+        finally:
+            for conn in conns.values():
+                await conn.close()
+
+    return asyncio.run(pg())
+
+
 def probe_main(argv: list[str]) -> int:
+    if argv[0] == "--pair":
+        small, large, ident, loops = argv[1:5]
+        print("PROBE_JSON " + json.dumps(probe_pair({"small": small, "large": large}, ident, int(loops))))
+        return 0
     url, ident, loops = argv[0], argv[1], int(argv[2])
     print("PROBE_JSON " + json.dumps(probe(url, ident, loops), default=str))
     return 0
@@ -340,7 +464,17 @@ class Run:
 
     def probe(self, url: str, tag: str) -> dict:
         out = self.venv_run(
-            [str(Path(__file__).resolve()), "--probe", url, "ab000", "2000"], url, f"probe-{tag}", timeout=600
+            [str(Path(__file__).resolve()), "--probe", url, "ab000", "200"], url, f"probe-{tag}", timeout=600
+        )
+        line = next(ln for ln in out.splitlines() if ln.startswith("PROBE_JSON "))
+        return json.loads(line[len("PROBE_JSON ") :])
+
+    def probe_pair(self, urls: dict[str, str], backend: str) -> dict:
+        out = self.venv_run(
+            [str(Path(__file__).resolve()), "--probe", "--pair", urls["small"], urls["large"], "ab000", "4000"],
+            urls["large"],
+            f"probe-pair-{backend}",
+            timeout=900,
         )
         line = next(ln for ln in out.splitlines() if ln.startswith("PROBE_JSON "))
         return json.loads(line[len("PROBE_JSON ") :])
@@ -572,6 +706,7 @@ class Run:
             report["scenarios"][scenario] = entry
         self.log(f"{backend}: probing both databases (plans, lookup times)")
         report["probe"] = {side: self.probe(url, f"{backend}-{side}") for side, url in urls.items()}
+        report["probe_pair"] = self.probe_pair(urls, backend)
         if backend == "postgresql":
             server_url, names = self._pg_cleanup
             if self.pg is None:  # someone else's server: leave no databases behind
@@ -685,41 +820,35 @@ def render(results: dict) -> str:
             )
     lines += [
         "",
-        "## The two lookups, in-process (after the run; median µs per execution over 2,000)",
+        "## The two lookups, in-process (after the run)",
         "",
         "The session lookup is quart_login's resolve statement as `raw_session_lookup` runs it (one per "
-        "protected request); the login lookup is `_FOR_LOGIN` of `quart_app/auth/service.py` (one per login).",
+        "protected request); the login lookup is `_FOR_LOGIN` of `quart_app/auth/service.py` (one per login). "
+        "Small and large in alternating blocks of 50 executions (4,000 each; EXPLAIN ANALYZE: 200 each): "
+        "median µs per execution, median of the per-block ratios. SQLite: the probe thread's CPU time; "
+        "PostgreSQL: the asyncpg round trip, and the server's own `Execution Time`. Buffers: what one "
+        "execution touches (PostgreSQL).",
         "",
-        "| backend | lookup | small µs | large µs |",
-        "| --- | --- | ---: | ---: |",
+        "| backend | lookup | clock | small µs | large µs | ratio | buffers small / large |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
     for backend, rep in results["backends"].items():
-        if "error" in rep:
+        pair = rep.get("probe_pair")
+        if not pair:
             continue
         for name in ("session lookup", "login lookup"):
-            lines.append(
-                f"| {backend} | {name} | {rep['probe']['small']['us_per_lookup'][name]} "
-                f"| {rep['probe']['large']['us_per_lookup'][name]} |"
-            )
-    server_side = [
-        (backend, rep["probe"])
-        for backend, rep in results["backends"].items()
-        if "server_side" in rep.get("probe", {}).get("large", {})
-    ]
-    if server_side:
-        lines += [
-            "",
-            "PostgreSQL's own share (median `Execution Time` of `EXPLAIN ANALYZE` over 200 runs; "
-            "buffers one run touches):",
-            "",
-            "| lookup | small µs (buffers) | large µs (buffers) |",
-            "| --- | ---: | ---: |",
-        ]
-        for _, probe in server_side:
-            for name in ("session lookup", "login lookup"):
-                sm, lg = probe["small"]["server_side"][name], probe["large"]["server_side"][name]
+            rows = [(pair["clock"], pair[name])]
+            if "server" in pair:
+                rows.append(("server Execution Time", pair["server"][name]))
+            buffers = ""
+            if "server_side" in rep["probe"]["small"]:
+                buffers = " / ".join(
+                    str(rep["probe"][side]["server_side"][name]["buffers"]) for side in ("small", "large")
+                )
+            for clock, x in rows:
                 lines.append(
-                    f"| {name} | {sm['execution_us']} ({sm['buffers']}) | {lg['execution_us']} ({lg['buffers']}) |"
+                    f"| {backend} | {name} | {clock} | {x['small_us']:.1f} | {x['large_us']:.1f} | {x['ratio']:.2f} "
+                    f"| {buffers} |"
                 )
     for backend, rep in results["backends"].items():
         if "error" in rep:

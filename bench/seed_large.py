@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import random
@@ -146,6 +147,19 @@ def session_rows(n: int, first_id: int, user_ids: tuple[int, int], now: datetime
         yield rows
 
 
+def prefetch(chunks):
+    """``chunks``, each next one made on a thread while the caller writes the current one.
+
+    The rows are made in Python; the database's side of a write (sqlite3 releases the GIL while
+    SQLite works, PostgreSQL is another process) then overlaps with making the next chunk.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(next, chunks, None)
+        while (chunk := future.result()) is not None:
+            future = pool.submit(next, chunks, None)
+            yield chunk
+
+
 # -- SQLite --------------------------------------------------------------------------
 
 
@@ -168,21 +182,26 @@ def seed_sqlite(path: str, users: int, sessions: int, rng: random.Random) -> dic
         conn.execute("PRAGMA temp_store=MEMORY")
         t0 = time.monotonic()
         sql = f"INSERT INTO users ({', '.join(USER_COLUMNS)}) VALUES ({', '.join('?' * len(USER_COLUMNS))})"
-        for rows in user_rows(users, first_user, password_hash, now, rng):
+        chunks = (
+            [(*r[:5], _sqlite_time(r[5]), *r[6:]) for r in rows]
+            for rows in user_rows(users, first_user, password_hash, now, rng)
+        )
+        for rows in prefetch(chunks):
             conn.execute("BEGIN")
-            conn.executemany(sql, [(*r[:5], _sqlite_time(r[5]), *r[6:]) for r in rows])
+            conn.executemany(sql, rows)
             conn.execute("COMMIT")
         timings["users_s"] = time.monotonic() - t0
         t0 = time.monotonic()
         sql = (
             f"INSERT INTO auth_sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(SESSION_COLUMNS))})"
         )
-        for rows in session_rows(sessions, first_session, (first_user, first_user + users - 1), now, rng):
+        chunks = (
+            [(r[0], r[1], r[2], *(_sqlite_time(v) for v in r[3:7]), *r[7:]) for r in rows]
+            for rows in session_rows(sessions, first_session, (first_user, first_user + users - 1), now, rng)
+        )
+        for rows in prefetch(chunks):
             conn.execute("BEGIN")
-            conn.executemany(
-                sql,
-                [(r[0], r[1], r[2], *(_sqlite_time(v) for v in r[3:7]), *r[7:]) for r in rows],
-            )
+            conn.executemany(sql, rows)
             conn.execute("COMMIT")
         timings["sessions_s"] = time.monotonic() - t0
         t0 = time.monotonic()
@@ -210,12 +229,12 @@ async def seed_postgresql(dsn: str, users: int, sessions: int, rng: random.Rando
         first_user = await conn.fetchval("SELECT coalesce(max(id), 0) + 1 FROM users")
         first_session = await conn.fetchval("SELECT coalesce(max(id), 0) + 1 FROM auth_sessions")
         t0 = time.monotonic()
-        for rows in user_rows(users, first_user, password_hash, now, rng):
+        for rows in prefetch(user_rows(users, first_user, password_hash, now, rng)):
             await conn.copy_records_to_table("users", records=rows, columns=USER_COLUMNS)
         await conn.execute("SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users))")
         timings["users_s"] = time.monotonic() - t0
         t0 = time.monotonic()
-        for rows in session_rows(sessions, first_session, (first_user, first_user + users - 1), now, rng):
+        for rows in prefetch(session_rows(sessions, first_session, (first_user, first_user + users - 1), now, rng)):
             await conn.copy_records_to_table("auth_sessions", records=rows, columns=SESSION_COLUMNS)
         await conn.execute(
             "SELECT setval(pg_get_serial_sequence('auth_sessions', 'id'), (SELECT max(id) FROM auth_sessions))"
