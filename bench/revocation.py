@@ -846,7 +846,8 @@ def table(results: list[dict]) -> list[str]:
         rows.append(
             f"| {r['variant']} | {r['sockets']} | {r['revocations']} | {fmt(lat['p50_ms'])} | {fmt(lat['p90_ms'])} "
             f"| {fmt(lat['p99_ms'])} | {fmt(lat['max_ms'])} "
-            f"| {fmt(r.get('latency_from_request', {}).get('p99_ms'))} | {err['missed']} / {err['false_revocations']} / {other} "
+            f"| {fmt(r.get('latency_from_request', {}).get('p99_ms'))} "
+            f"| {err['missed']} / {err['false_revocations']} / {other} "
             f"| {fmt(idle['transactions_per_s'])} | {fmt(idle['server_cpu_pct'])} | {fmt(idle['db_cpu_pct'])} |"
         )
     return rows

@@ -24,11 +24,11 @@ from .core.config import INSTANCE_PATH, load_settings
 from .db import Database
 from .errors import register_error_handlers
 from .live import bp as live_bp
-from .session_events import SessionEvents
 from .mail import mail_enabled
 from .mail.cli import register_mail_cli
 from .pages.mfa import bp as mfa_pages_bp
 from .pages.views import bp as pages_bp
+from .session_events import SessionEvents
 
 __all__ = ["create_app"]
 

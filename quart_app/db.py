@@ -535,9 +535,13 @@ def _asyncpg_connection_errors() -> tuple[type[Exception], ...]:
 # silent server: a statement that failed this way on a pooled connection is
 # tried once more on a new one.
 def _connection_lost_errors() -> tuple[type[Exception], ...]:
-    from asyncpg.exceptions import AdminShutdownError, ConnectionDoesNotExistError, CrashShutdownError
+    from asyncpg.exceptions import (
+        AdminShutdownError,
+        ConnectionDoesNotExistError,
+        CrashShutdownError,
+        InternalClientError,
+    )
     from asyncpg.exceptions import InterfaceError as AsyncpgInterfaceError
-    from asyncpg.exceptions import InternalClientError
 
     return (
         AdminShutdownError,  # terminating connection due to administrator command (a restart, pg_terminate_backend)

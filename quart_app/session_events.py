@@ -162,7 +162,9 @@ class SessionEvents:
             from redis.asyncio import Redis
 
             timeout = self.settings.DB_CONNECT_TIMEOUT
-            self._redis = Redis.from_url(self.settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout)
+            self._redis = Redis.from_url(
+                self.settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
             self._publishing: set[asyncio.Task] = set()
         listen = self._listen_redis if self.mode == "redis" else self._listen
         self._task = asyncio.create_task(listen(), name="session events")
@@ -282,7 +284,7 @@ class SessionEvents:
             try:
                 connection = await self._connect()
                 ended = asyncio.Event()
-                connection.add_termination_listener(lambda _connection: ended.set())
+                connection.add_termination_listener(lambda _connection, ended=ended: ended.set())
                 await connection.add_listener(CHANNEL, self._on_notify)
                 self._set_live(True)
                 if was_lost:

@@ -135,7 +135,6 @@ def install(app: Quart, settings: Settings, *, database: Database, store: SQLAlc
             if name is not None:
                 processors[:] = [p for p in processors if p is not flask_default_context_processor]
     if "raw_session_lookup" in chosen:
-
         pool = StatementPool(settings) if "asyncpg_pool" in chosen else None
 
         @app.before_serving

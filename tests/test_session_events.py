@@ -19,8 +19,8 @@ import pytest
 from conftest import auth_cookie, client_with_cookie, register_api
 from test_live import PASSWORD, POLICY_VIOLATION, Socket, closed_with, next_event
 
-from quart_app.core.config import ConfigError
 from quart_app.auth.sessions import EXTENSION as STORE
+from quart_app.core.config import ConfigError
 from quart_app.session_events import EXTENSION
 
 # Far longer than any wait below: a socket that hears of an end within WAIT was told, not polling.
@@ -49,9 +49,9 @@ class StatementCounter:
         store.open_until = counted
 
 
-async def until(condition, timeout: float = WAIT) -> None:
-    """Wait (bounded) for ``condition()`` to hold."""
-    for _ in range(int(timeout / 0.02)):
+async def until(condition, within: float = WAIT) -> None:
+    """Wait (bounded: ``within`` seconds) for ``condition()`` to hold."""
+    for _ in range(int(within / 0.02)):
         if condition():
             return
         await asyncio.sleep(0.02)
@@ -166,7 +166,7 @@ async def test_a_lost_channel_is_logged_sockets_poll_and_listening_resumes(make_
             counter = StatementCounter(app)
             async with Socket(app, cookie) as ws:
                 assert (await next_event(ws))["event"] == "hello"
-                await until(lambda: events.live, timeout=5.0)  # it listens again by itself
+                await until(lambda: events.live, within=5.0)  # it listens again by itself
                 assert "listening again" in caplog.text
                 received = events.received
                 await logout(app, cookie)
@@ -220,9 +220,7 @@ async def test_with_redis_an_end_on_one_instance_reaches_a_socket_on_the_other_a
         assert await closed_with(ws) == POLICY_VIOLATION
 
 
-async def test_with_redis_a_lost_channel_is_logged_sockets_poll_and_listening_resumes(
-    make_app, redis_server, caplog
-):
+async def test_with_redis_a_lost_channel_is_logged_sockets_poll_and_listening_resumes(make_app, redis_server, caplog):
     import redis
 
     app = make_app(WS_POLL_INTERVAL=0.2, REDIS_URL=redis_server, SESSION_EVENTS="redis")
@@ -238,7 +236,7 @@ async def test_with_redis_a_lost_channel_is_logged_sockets_poll_and_listening_re
             assert "channel lost" in caplog.text
             async with Socket(app, cookie) as ws:
                 assert (await next_event(ws))["event"] == "hello"
-                await until(lambda: events.live, timeout=5.0)
+                await until(lambda: events.live, within=5.0)
                 assert "listening again" in caplog.text
                 received = events.received
                 await logout(app, cookie)

@@ -63,7 +63,9 @@ async def test_lookup_connections_the_server_ends_are_replaced_without_an_error(
         assert (await register_api(client, "alice")).status_code == 201
         assert await burst(client, 10) == [200] * 10
         ended = lookup_connections(database)
-        database.rows(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN ({','.join(map(str, ended))})")
+        database.rows(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN ({','.join(map(str, ended))})"
+        )
         assert await burst(client, 10) == [200] * 10
         assert lookup_connections(database).isdisjoint(ended)
         assert (await client.get("/dashboard")).status_code == 200
