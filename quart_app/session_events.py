@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -166,8 +166,10 @@ class SessionEvents:
                 self.settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout
             )
             self._publishing: set[asyncio.Task] = set()
-        listen = self._listen_redis if self.mode == "redis" else self._listen
-        self._task = asyncio.create_task(listen(), name="session events")
+            listening = self._keep_listening(f"Redis {REDIS_CHANNEL}", self._listen_redis_once)
+        else:
+            listening = self._keep_listening(CHANNEL, self._listen_postgres_once)
+        self._task = asyncio.create_task(listening, name="session events")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -184,6 +186,39 @@ class SessionEvents:
             if self._publishing:  # what was committed is still published (bounded by the socket timeout)
                 await asyncio.wait(self._publishing)
             await self._redis.aclose()
+
+    # -- the channel's loop: listen, and when that fails, poll and listen again ---
+
+    async def _keep_listening(self, where: str, listen_once: Callable[[Callable[[], None]], Awaitable[None]]) -> None:
+        """Run ``listen_once`` (which calls ``listening()`` once it hears, and returns or raises only when the
+        channel is gone) again and again, with a growing pause between tries, until the app stops."""
+        delay, was_lost = 0.5, False
+
+        def listening() -> None:
+            nonlocal delay, was_lost
+            self._set_live(True)
+            if was_lost:
+                log.warning("session events: listening again on %s", where)
+            delay, was_lost = 0.5, False
+
+        while not self._stopping:
+            try:
+                await listen_once(listening)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 (any failure of the channel means: poll, and retry)
+                if not was_lost:
+                    log.warning(
+                        "session events: channel lost (%s: %s); sockets poll every %s s until it is back",
+                        type(error).__name__,
+                        error,
+                        self.settings.WS_POLL_INTERVAL,
+                    )
+                was_lost = True
+                self._set_live(False)
+            if not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
 
     # -- Redis: publishing what the app ended ----------------------------------
 
@@ -219,50 +254,29 @@ class SessionEvents:
                 error,
             )
 
-    async def _listen_redis(self) -> None:
-        delay = 0.5
-        was_lost = False
-        while not self._stopping:
-            pubsub = self._redis.pubsub()
+    async def _listen_redis_once(self, listening: Callable[[], None]) -> None:
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(REDIS_CHANNEL)
+            listening()
+            pinged = False
+            while True:
+                message = await pubsub.get_message(timeout=HEARTBEAT)
+                if message is None:
+                    if pinged:  # a whole HEARTBEAT without the answer: a silent connection
+                        raise ConnectionError("Redis did not answer a ping")
+                    await pubsub.ping()
+                    pinged = True
+                    continue
+                pinged = False  # anything heard (the pong too) shows the connection alive
+                if message.get("type") == "message":
+                    data = message["data"]
+                    self.deliver(data.decode() if isinstance(data, bytes) else str(data))
+        finally:
             try:
-                await pubsub.subscribe(REDIS_CHANNEL)
-                self._set_live(True)
-                if was_lost:
-                    log.warning("session events: listening again on Redis %s", REDIS_CHANNEL)
-                was_lost, delay = False, 0.5
-                pinged = False
-                while True:
-                    message = await pubsub.get_message(timeout=HEARTBEAT)
-                    if message is None:
-                        if pinged:  # a whole HEARTBEAT without the answer: a silent connection
-                            raise ConnectionError("Redis did not answer a ping")
-                        await pubsub.ping()
-                        pinged = True
-                        continue
-                    pinged = False  # anything heard (the pong too) shows the connection alive
-                    if message.get("type") == "message":
-                        data = message["data"]
-                        self.deliver(data.decode() if isinstance(data, bytes) else str(data))
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 (any failure of the channel means: poll, and retry)
-                if not was_lost:
-                    log.warning(
-                        "session events: channel lost (%s: %s); sockets poll every %s s until it is back",
-                        type(error).__name__,
-                        error,
-                        self.settings.WS_POLL_INTERVAL,
-                    )
-                was_lost = True
-                self._set_live(False)
-            finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:  # noqa: BLE001 (already broken)
-                    pass
-            if not self._stopping:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                await pubsub.aclose()
+            except Exception:  # noqa: BLE001 (already broken)
+                pass
 
     # -- PostgreSQL: listening to the triggers' notifications ------------------
 
@@ -276,39 +290,16 @@ class SessionEvents:
         options = connect_options(create_async_engine(url).dialect, url, "quart_app session events")
         return await asyncpg.connect(timeout=self.settings.DB_CONNECT_TIMEOUT, **options)
 
-    async def _listen(self) -> None:
-        delay = 0.5
-        was_lost = False
-        while not self._stopping:
-            connection = None
-            try:
-                connection = await self._connect()
-                ended = asyncio.Event()
-                connection.add_termination_listener(lambda _connection, ended=ended: ended.set())
-                await connection.add_listener(CHANNEL, self._on_notify)
-                self._set_live(True)
-                if was_lost:
-                    log.warning("session events: listening again on %s", CHANNEL)
-                was_lost, delay = False, 0.5
-                await self._keep_alive(connection, ended)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 (any failure of the channel means: poll, and retry)
-                if not was_lost:
-                    log.warning(
-                        "session events: channel lost (%s: %s); sockets poll every %s s until it is back",
-                        type(error).__name__,
-                        error,
-                        self.settings.WS_POLL_INTERVAL,
-                    )
-                was_lost = True
-                self._set_live(False)
-            finally:
-                if connection is not None:
-                    connection.terminate()
-            if not self._stopping:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+    async def _listen_postgres_once(self, listening: Callable[[], None]) -> None:
+        connection = await self._connect()
+        try:
+            ended = asyncio.Event()
+            connection.add_termination_listener(lambda _connection: ended.set())
+            await connection.add_listener(CHANNEL, self._on_notify)
+            listening()
+            await self._keep_alive(connection, ended)
+        finally:
+            connection.terminate()
 
     async def _keep_alive(self, connection: Any, ended: asyncio.Event) -> None:
         """Return (raise) only when the listening connection is found ended or silent."""
