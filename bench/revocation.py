@@ -85,7 +85,13 @@ from urllib.parse import urlsplit, urlunsplit
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
-from harness import group_cpu_seconds, stop_group, tree_cpu_seconds  # noqa: E402  (standard library only)
+from harness import (  # noqa: E402  (standard library only)
+    free_port,
+    group_cpu_seconds,
+    stop_group,
+    tail,
+    tree_cpu_seconds,
+)
 
 try:
     import websockets
@@ -142,25 +148,6 @@ def stop(proc: subprocess.Popen | None, grace: float = 15.0) -> None:
     if proc is not None and proc.pid in _groups:
         stop_group(proc.pid, grace=grace)
         _groups.remove(proc.pid)
-
-
-def tail(path: Path, n: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-def free_port(start: int) -> int:
-    port = start
-    for _ in range(500):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                port += 1
-    raise RuntimeError(f"no free port from {start}")
 
 
 def raise_nofile(want: int) -> tuple[int, int]:
@@ -237,7 +224,9 @@ class Postgres:
                 elif self.proc.poll() is not None:
                     break
             if len(found) < 2:
-                raise NotAvailable(f"the private PostgreSQL cluster did not start; see {self.log}:\n{tail(self.log)}")
+                raise NotAvailable(
+                    f"the private PostgreSQL cluster did not start; see {self.log}:\n{tail(self.log, 15)}"
+                )
             self.server_url = found["URL"]
             try:
                 self.postmaster = int((Path(found["DIR"]) / "data" / "postmaster.pid").read_text().split()[0])
@@ -317,7 +306,7 @@ def start_redis(port: int, raw: Path, work: Path) -> tuple[subprocess.Popen, str
         if proc.poll() is not None:
             break
     stop(proc)
-    raise NotAvailable(f"redis-server did not start:\n{tail(raw / 'revocation-redis.log')}")
+    raise NotAvailable(f"redis-server did not start:\n{tail(raw / 'revocation-redis.log', 15)}")
 
 
 # -- HTTP (blocking, run on a thread pool) --------------------------------------------
